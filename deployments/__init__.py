@@ -1,0 +1,1 @@
+"""Ray Serve deployments: Encoder, TaskHead (bound once per task) and Ingress."""

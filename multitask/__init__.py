@@ -1,0 +1,1 @@
+"""Multi-task sentence classification: shared encoder, task heads, data, training. No Ray Serve in here."""

@@ -1,0 +1,223 @@
+"""Checkpoints: a directory with `config.json`, `model.safetensors` and, when the encoder was fine-tuned,
+`encoder.safetensors`. No pickle anywhere.
+
+    config.json          CheckpointManifest: model config, encoder identity, training config, metrics, calibration
+    model.safetensors    projection.* and heads.<task>.* (each head loadable on its own)
+    encoder.safetensors  LoRA adapters or full encoder weights (only when fine-tuned)
+    report/              evaluation report written by training (metrics, plots)
+
+Heads refuse to load against an encoder whose fingerprint differs from the one they were trained with.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from multitask.config import ModelConfig
+from multitask.encoder import SentenceEncoder, load_transformer, tensors_digest
+from multitask.errors import CheckpointError, EncoderMismatchError
+from multitask.finetune import FinetuneMode, LoraSpec, apply_encoder_state, encoder_state
+from multitask.heads import TaskHead
+from multitask.model import MultiTaskModel
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.safetensors"
+ENCODER_FILE = "encoder.safetensors"
+
+
+class EncoderRecord(BaseModel):
+    """Which encoder the heads were trained with."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    revision: str | None = None
+    base_fingerprint: str = Field(description="Fingerprint of the base encoder's weights and tokenizer.")
+    fingerprint: str = Field(description="Fingerprint of the encoder the heads saw: base plus fine-tuned weights.")
+    finetune: FinetuneMode = FinetuneMode.frozen
+    lora: LoraSpec | None = None
+
+
+class CheckpointManifest(BaseModel):
+    """The contents of `config.json`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format_version: int = FORMAT_VERSION
+    model: ModelConfig
+    encoder: EncoderRecord
+    training: dict[str, Any] = Field(default_factory=dict, description="The training config that produced it.")
+    metrics: dict[str, Any] = Field(default_factory=dict, description="Evaluation metrics per task and split.")
+    calibration: dict[str, Any] = Field(default_factory=dict, description="Per task: temperature, ECE before/after.")
+
+
+def effective_fingerprint(base_fingerprint: str, encoder_tensors: dict[str, torch.Tensor]) -> str:
+    """The fingerprint of base weights plus a checkpoint's fine-tuned encoder tensors."""
+    if not encoder_tensors:
+        return base_fingerprint
+    digest = tensors_digest(encoder_tensors)
+    digest.update(base_fingerprint.encode())
+    return digest.hexdigest()[:16]
+
+
+def save_checkpoint(
+    model: MultiTaskModel,
+    directory: str | Path,
+    finetune: FinetuneMode = FinetuneMode.frozen,
+    lora: LoraSpec | None = None,
+    training: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    calibration: dict[str, Any] | None = None,
+) -> CheckpointManifest:
+    """Write `model` to `directory` (created if needed) and return the manifest written."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    encoder = model.encoder
+    tensors = {f"projection.{k}": v for k, v in encoder.projection.state_dict().items()}
+    for task, head in model.heads.items():
+        tensors.update({f"heads.{task}.{k}": v for k, v in head.state_dict().items()})
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(directory / MODEL_FILE))
+    encoder_tensors = encoder_state(encoder.transformer, finetune)
+    if encoder_tensors:
+        save_file(encoder_tensors, str(directory / ENCODER_FILE))
+    else:
+        (directory / ENCODER_FILE).unlink(missing_ok=True)
+    manifest = CheckpointManifest(
+        model=model.config,
+        encoder=EncoderRecord(
+            name=model.config.encoder,
+            revision=model.config.revision,
+            base_fingerprint=encoder.base_fingerprint,
+            fingerprint=effective_fingerprint(encoder.base_fingerprint, encoder_tensors),
+            finetune=finetune,
+            lora=lora if finetune is FinetuneMode.lora else None,
+        ),
+        training=training or {},
+        metrics=metrics or {},
+        calibration=calibration or {},
+    )
+    (directory / CONFIG_FILE).write_text(manifest.model_dump_json(indent=2) + "\n")
+    return manifest
+
+
+def read_manifest(directory: str | Path) -> CheckpointManifest:
+    """Read and validate `config.json`; every failure names the file and what to do."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"Checkpoint directory {directory} does not exist; train one with `multitask train`.")
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: {directory} is not a checkpoint written by `multitask train`.")
+    try:
+        manifest = CheckpointManifest.model_validate_json(path.read_text())
+    except (ValidationError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a valid checkpoint config: {exc}") from exc
+    if manifest.format_version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has format_version {manifest.format_version}; this code reads version {FORMAT_VERSION}."
+        )
+    return manifest
+
+
+def read_tensors(path: Path, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Read the tensors under `prefix` (prefix stripped) from a safetensors file, with clear errors."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing; the checkpoint is incomplete, re-save or re-train it.")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {key[len(prefix) :]: handle.get_tensor(key) for key in handle.keys() if key.startswith(prefix)}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is corrupt or not a safetensors file ({exc}); re-save or re-train it.") from exc
+
+
+def load_encoder(directory: str | Path, device: str | torch.device = "cpu") -> SentenceEncoder:
+    """Load the checkpoint's encoder: base transformer, fine-tuned weights merged in, and the projection."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    transformer, tokenizer = load_transformer(manifest.model)
+    encoder = SentenceEncoder(transformer, tokenizer, manifest.model)
+    _check_fingerprint(
+        "base encoder", manifest.encoder.base_fingerprint, encoder.base_fingerprint, manifest.model.encoder, directory
+    )
+    encoder_tensors = {}
+    if manifest.encoder.finetune is not FinetuneMode.frozen:
+        encoder_tensors = read_tensors(directory / ENCODER_FILE)
+        try:
+            encoder.transformer = apply_encoder_state(
+                transformer, manifest.encoder.finetune, manifest.encoder.lora, encoder_tensors
+            )
+        except (RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"{directory / ENCODER_FILE} does not fit {manifest.model.encoder}: {exc}") from exc
+    encoder.fingerprint = effective_fingerprint(encoder.base_fingerprint, encoder_tensors)
+    _load_state(encoder.projection, read_tensors(directory / MODEL_FILE, "projection."), directory / MODEL_FILE)
+    return encoder.to(device).eval()
+
+
+def load_head(
+    directory: str | Path, task: str, encoder_fingerprint: str | None = None, device: str | torch.device = "cpu"
+) -> TaskHead:
+    """Load one task's head only. With `encoder_fingerprint`, refuse heads trained on a different encoder."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    try:
+        spec = manifest.model.task(task)
+    except KeyError as exc:
+        raise CheckpointError(f"{directory / CONFIG_FILE}: {exc.args[0]}") from exc
+    if encoder_fingerprint is not None:
+        _check_fingerprint(
+            "encoder", manifest.encoder.fingerprint, encoder_fingerprint, manifest.model.encoder, directory
+        )
+    head = TaskHead(spec, manifest.model.embedding_dim, manifest.model.dropout)
+    _load_state(head, read_tensors(directory / MODEL_FILE, f"heads.{task}."), directory / MODEL_FILE)
+    return head.to(device).eval()
+
+
+def load_model(directory: str | Path, device: str | torch.device = "cpu") -> MultiTaskModel:
+    """Load the whole model (encoder + every head) for in-process use."""
+    encoder = load_encoder(directory, device)
+    model = MultiTaskModel(encoder)
+    for task in model.heads:
+        model.heads[task] = load_head(directory, task, encoder.fingerprint, device)
+    return model.to(device).eval()
+
+
+def _check_fingerprint(what: str, expected: str, actual: str, encoder_name: str, directory: Path) -> None:
+    if expected != actual:
+        raise EncoderMismatchError(
+            f"Checkpoint {directory} was trained with {what} {encoder_name!r} (fingerprint {expected}), "
+            f"but the {what} loaded has fingerprint {actual}. Load the encoder the checkpoint names, "
+            f"or retrain the heads on this encoder with `multitask train`."
+        )
+
+
+def _load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path} does not match the model config: {exc}") from exc
+
+
+def write_metrics(directory: str | Path, metrics: dict[str, Any]) -> None:
+    """Store evaluation metrics in an existing checkpoint's config.json."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    manifest.metrics = metrics
+    (directory / CONFIG_FILE).write_text(manifest.model_dump_json(indent=2) + "\n")
+
+
+def manifest_summary(manifest: CheckpointManifest) -> dict[str, Any]:
+    """The `model` block of API responses: which encoder and checkpoint answered."""
+    return {
+        "encoder": manifest.encoder.name,
+        "fingerprint": manifest.encoder.fingerprint,
+        "finetune": manifest.encoder.finetune.value,
+        "embedding_dim": manifest.model.embedding_dim,
+    }
+

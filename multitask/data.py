@@ -1,0 +1,177 @@
+"""Reading labelled data and batching it for every task with one tokenizer (`MTLDataProcessor`).
+
+Files are JSON Lines or CSV with `text` and `label` per row. Every bad row (unknown label, empty text, broken
+JSON/CSV, missing field) is reported with its file and line, all of them at once.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+
+from multitask.config import TaskSpec
+from multitask.errors import DataError
+
+MAX_REPORTED_ERRORS = 20
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    label: int  # index into the task's labels
+
+
+@dataclass(frozen=True)
+class TaskDataset:
+    task: str
+    examples: tuple[Example, ...]
+    source: str  # file it came from, for messages
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def label_counts(self, num_labels: int) -> list[int]:
+        counts = [0] * num_labels
+        for example in self.examples:
+            counts[example.label] += 1
+        return counts
+
+    def fingerprint(self) -> str:
+        """Hash of the texts and labels, to key caches on."""
+        digest = hashlib.sha256()
+        for example in self.examples:
+            digest.update(f"{example.label}\t{example.text}\n".encode())
+        return digest.hexdigest()[:16]
+
+
+def read_rows(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
+    """Yield (line number, row, parse error) for a .jsonl/.json or .csv file."""
+    suffix = path.suffix.lower()
+    if suffix in {".jsonl", ".json", ".ndjson"}:
+        with path.open(encoding="utf-8", errors="strict") as handle:
+            for line_no, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    yield line_no, None, f"invalid JSON ({exc.msg})"
+                    continue
+                yield (line_no, row, None) if isinstance(row, dict) else (line_no, None, "row is not a JSON object")
+    elif suffix == ".csv":
+        with path.open(encoding="utf-8", errors="strict", newline="") as handle:
+            reader = csv.DictReader(handle)
+            if reader.fieldnames is None or not {"text", "label"} <= set(reader.fieldnames):
+                yield 1, None, f"CSV header must have 'text' and 'label' columns, got {reader.fieldnames}"
+                return
+            for row in reader:
+                yield reader.line_num, row, None
+    else:
+        raise DataError(f"{path}: unsupported file type {suffix!r}; use .jsonl or .csv with 'text' and 'label'.")
+
+
+def read_task_file(path: str | Path, task: TaskSpec) -> TaskDataset:
+    """Read one task's labelled file; raise `DataError` listing every bad row as `file:line: problem`."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found (data for task {task.name!r}).")
+    label_ids = {label: i for i, label in enumerate(task.labels)}
+    examples: list[Example] = []
+    problems: list[str] = []
+    try:
+        for line_no, row, error in read_rows(path):
+            if error is None:
+                error = _row_problem(row, label_ids)
+            if error is not None:
+                problems.append(f"{path}:{line_no}: {error}")
+                continue
+            examples.append(Example(text=row["text"].strip(), label=label_ids[row["label"]]))
+    except UnicodeDecodeError as exc:
+        problems.append(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})")
+    if problems:
+        shown = problems[:MAX_REPORTED_ERRORS]
+        more = f"\n... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
+        raise DataError(f"{len(problems)} bad row(s) for task {task.name!r}:\n" + "\n".join(shown) + more)
+    if not examples:
+        raise DataError(f"{path}: no examples for task {task.name!r}.")
+    return TaskDataset(task=task.name, examples=tuple(examples), source=str(path))
+
+
+def _row_problem(row: dict, label_ids: dict[str, int]) -> str | None:
+    text, label = row.get("text"), row.get("label")
+    if not isinstance(text, str):
+        return "missing or non-string 'text'"
+    if not text.strip():
+        return "empty text"
+    if not isinstance(label, str):
+        return "missing or non-string 'label'"
+    if label not in label_ids:
+        return f"unknown label {label!r}; expected one of {list(label_ids)}"
+    return None
+
+
+@dataclass
+class TaskBatch:
+    """A batch of one task's examples, tokenized."""
+
+    task: str
+    input_ids: torch.Tensor  # (batch, seq)
+    attention_mask: torch.Tensor  # (batch, seq)
+    labels: torch.Tensor  # (batch,)
+
+
+@dataclass
+class MixedBatch:
+    """A batch mixing tasks: every text is encoded once; `task_ids` says which head each row's label is for."""
+
+    tasks: tuple[str, ...]
+    input_ids: torch.Tensor  # (batch, seq)
+    attention_mask: torch.Tensor  # (batch, seq)
+    labels: torch.Tensor  # (batch,)
+    task_ids: torch.Tensor  # (batch,) index into `tasks`
+
+
+class MTLDataProcessor:
+    """One tokenizer for every task; builds per-task and mixed-task batches truncated to the encoder's limit."""
+
+    def __init__(self, tokenizer, max_length: int):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        batch = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+    def task_batch(self, task: str, examples: Sequence[Example]) -> TaskBatch:
+        tokens = self.tokenize([e.text for e in examples])
+        return TaskBatch(task, tokens["input_ids"], tokens["attention_mask"], torch.tensor([e.label for e in examples]))
+
+    def mixed_batch(self, items: Sequence[tuple[str, Example]]) -> MixedBatch:
+        tasks = tuple(dict.fromkeys(task for task, _ in items))
+        tokens = self.tokenize([example.text for _, example in items])
+        return MixedBatch(
+            tasks,
+            tokens["input_ids"],
+            tokens["attention_mask"],
+            torch.tensor([example.label for _, example in items]),
+            torch.tensor([tasks.index(task) for task, _ in items]),
+        )
+
+    def task_batches(
+        self, dataset: TaskDataset, batch_size: int, shuffle: bool = False, seed: int = 0
+    ) -> Iterator[TaskBatch]:
+        """All of one task's examples in batches (shuffled with `seed` when asked)."""
+        order = list(range(len(dataset)))
+        if shuffle:
+            random.Random(seed).shuffle(order)
+        for start in range(0, len(order), batch_size):
+            yield self.task_batch(dataset.task, [dataset.examples[i] for i in order[start : start + batch_size]])

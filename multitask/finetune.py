@@ -1,0 +1,67 @@
+"""How the shared encoder is fine-tuned: not at all (frozen), with LoRA adapters (small checkpoints), or fully.
+
+LoRA adapters are trained with `peft`, saved as plain tensors, and merged into the base weights at load time, so
+serving runs an ordinary transformer with no adapter overhead.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import torch
+from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from pydantic import BaseModel, ConfigDict, Field
+from transformers import PreTrainedModel
+
+
+class FinetuneMode(str, Enum):
+    frozen = "frozen"  # encoder weights fixed; pooled embeddings cached on disk; only projection + heads train
+    lora = "lora"  # low-rank adapters on the encoder's linear layers train with the heads
+    full = "full"  # every encoder weight trains with the heads (large checkpoints)
+
+
+class LoraSpec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    r: int = Field(default=16, gt=0, description="Adapter rank.")
+    alpha: int = Field(default=32, gt=0, description="Adapter scaling numerator (scale = alpha / r).")
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0, description="Dropout on the adapter input.")
+    target_modules: tuple[str, ...] = Field(
+        default=("query", "key", "value", "dense"), description="Names of the linear layers that get adapters."
+    )
+
+
+def add_lora(transformer: PreTrainedModel, spec: LoraSpec) -> PreTrainedModel:
+    """Wrap the transformer with trainable LoRA adapters; its base weights are frozen."""
+    config = LoraConfig(
+        r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=list(spec.target_modules)
+    )
+    return get_peft_model(transformer, config)
+
+
+def encoder_state(transformer: torch.nn.Module, mode: FinetuneMode) -> dict[str, torch.Tensor]:
+    """The encoder tensors a checkpoint must store for this mode (empty when frozen)."""
+    if mode is FinetuneMode.frozen:
+        return {}
+    if mode is FinetuneMode.lora:
+        state = get_peft_model_state_dict(transformer)
+    else:
+        state = transformer.state_dict()
+    return {name: tensor.detach().cpu().contiguous() for name, tensor in state.items()}
+
+
+def apply_encoder_state(
+    transformer: PreTrainedModel, mode: FinetuneMode, lora: LoraSpec | None, state: dict[str, torch.Tensor]
+) -> PreTrainedModel:
+    """Put a checkpoint's encoder tensors into a freshly loaded base transformer; LoRA is merged away."""
+    if mode is FinetuneMode.frozen:
+        return transformer
+    if mode is FinetuneMode.full:
+        transformer.load_state_dict(state, strict=True)
+        return transformer
+    peft_model = add_lora(transformer, lora or LoraSpec())
+    result = set_peft_model_state_dict(peft_model, state)
+    if result.unexpected_keys:
+        raise ValueError(f"LoRA weights do not fit this encoder: unexpected {result.unexpected_keys[:3]}")
+    return peft_model.merge_and_unload()
+

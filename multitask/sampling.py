@@ -1,0 +1,44 @@
+"""Task sampling: which task each training step draws its batch from.
+
+- proportional:  P(task) ~ n_task                (big tasks dominate)
+- temperature:   P(task) ~ n_task ** (1 / T)     (T=1 is proportional, T->inf is uniform)
+- round_robin:   tasks in turn                   (uniform, deterministic)
+"""
+
+from __future__ import annotations
+
+import random
+from enum import Enum
+
+
+class SamplingStrategy(str, Enum):
+    proportional = "proportional"
+    temperature = "temperature"
+    round_robin = "round_robin"
+
+
+def task_probabilities(sizes: dict[str, int], strategy: SamplingStrategy, temperature: float = 2.0) -> dict[str, float]:
+    """The probability of drawing each task under a strategy (round-robin is uniform)."""
+    if not sizes or any(n <= 0 for n in sizes.values()):
+        raise ValueError(f"every task needs at least one example, got sizes {sizes}")
+    if strategy is SamplingStrategy.round_robin:
+        weights = {task: 1.0 for task in sizes}
+    elif strategy is SamplingStrategy.proportional:
+        weights = {task: float(n) for task, n in sizes.items()}
+    else:
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        weights = {task: float(n) ** (1.0 / temperature) for task, n in sizes.items()}
+    total = sum(weights.values())
+    return {task: w / total for task, w in weights.items()}
+
+
+def task_schedule(
+    sizes: dict[str, int], steps: int, strategy: SamplingStrategy, temperature: float = 2.0, seed: int = 0
+) -> list[str]:
+    """The task of each of `steps` training steps."""
+    tasks = list(sizes)
+    if strategy is SamplingStrategy.round_robin:
+        return [tasks[i % len(tasks)] for i in range(steps)]
+    probabilities = task_probabilities(sizes, strategy, temperature)
+    return random.Random(seed).choices(tasks, weights=[probabilities[t] for t in tasks], k=steps)
