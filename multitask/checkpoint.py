@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 from multitask.config import ModelConfig
 from multitask.encoder import SentenceEncoder, load_transformer, tensors_digest
 from multitask.errors import CheckpointError, EncoderMismatchError
-from multitask.finetune import FinetuneMode, LoraSpec, apply_encoder_state, encoder_state
+from multitask.finetune import FinetuneMode, LoraSpec, apply_encoder_state, encoder_state, lora_spec_of
 from multitask.heads import TaskHead
 from multitask.model import MultiTaskModel
 
@@ -78,8 +78,11 @@ def save_checkpoint(
 ) -> CheckpointManifest:
     """Write `model` to `directory` (created if needed) and return the manifest written."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    finetune = FinetuneMode(finetune)  # "lora" as a plain string must save adapters, not the full encoder
     encoder = model.encoder
+    if finetune is FinetuneMode.lora and lora is None:
+        lora = lora_spec_of(encoder.transformer)  # the rank and alpha loading needs, from the adapters themselves
+    directory.mkdir(parents=True, exist_ok=True)
     tensors = {f"projection.{k}": v for k, v in encoder.projection.state_dict().items()}
     for task, head in model.heads.items():
         tensors.update({f"heads.{task}.{k}": v for k, v in head.state_dict().items()})

@@ -54,8 +54,9 @@ class TaskDataset:
 def read_rows(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
     """Yield (line number, row, parse error) for a .jsonl/.json or .csv file."""
     suffix = path.suffix.lower()
+    # utf-8-sig: files saved by Excel and Windows editors start with a byte-order mark, which is not data
     if suffix in {".jsonl", ".json", ".ndjson"}:
-        with path.open(encoding="utf-8", errors="strict") as handle:
+        with path.open(encoding="utf-8-sig", errors="strict") as handle:
             for line_no, line in enumerate(handle, start=1):
                 if not line.strip():
                     continue
@@ -66,7 +67,7 @@ def read_rows(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
                     continue
                 yield (line_no, row, None) if isinstance(row, dict) else (line_no, None, "row is not a JSON object")
     elif suffix == ".csv":
-        with path.open(encoding="utf-8", errors="strict", newline="") as handle:
+        with path.open(encoding="utf-8-sig", errors="strict", newline="") as handle:
             reader = csv.DictReader(handle)
             if reader.fieldnames is None or not {"text", "label"} <= set(reader.fieldnames):
                 yield 1, None, f"CSV header must have 'text' and 'label' columns, got {reader.fieldnames}"

@@ -39,8 +39,17 @@ def add_lora(transformer: PreTrainedModel, spec: LoraSpec) -> PreTrainedModel:
     return get_peft_model(transformer, config)
 
 
+def lora_spec_of(peft_model: torch.nn.Module) -> LoraSpec:
+    """The `LoraSpec` of a peft-wrapped transformer's adapters (rank, alpha, targets), read from its peft config."""
+    config = peft_model.peft_config["default"]
+    targets = config.target_modules
+    targets = (targets,) if isinstance(targets, str) else tuple(sorted(targets))
+    return LoraSpec(r=config.r, alpha=config.lora_alpha, dropout=config.lora_dropout, target_modules=targets)
+
+
 def encoder_state(transformer: torch.nn.Module, mode: FinetuneMode) -> dict[str, torch.Tensor]:
     """The encoder tensors a checkpoint must store for this mode (empty when frozen)."""
+    mode = FinetuneMode(mode)  # a plain string ("lora") must not fall through to "full"
     if mode is FinetuneMode.frozen:
         return {}
     if mode is FinetuneMode.lora:
@@ -54,6 +63,7 @@ def apply_encoder_state(
     transformer: PreTrainedModel, mode: FinetuneMode, lora: LoraSpec | None, state: dict[str, torch.Tensor]
 ) -> PreTrainedModel:
     """Put a checkpoint's encoder tensors into a freshly loaded base transformer; LoRA is merged away."""
+    mode = FinetuneMode(mode)
     if mode is FinetuneMode.frozen:
         return transformer
     if mode is FinetuneMode.full:

@@ -40,6 +40,8 @@ class MultiTaskModel(nn.Module):
         """Validate a task subset (None = every task) and return it as a list, in the asked order."""
         if tasks is None:
             return list(self.heads)
+        if isinstance(tasks, str):  # tasks="topic" means one task, not the tasks 't', 'o', 'p', ...
+            tasks = [tasks]
         unknown = [task for task in tasks if task not in self.heads]
         if unknown:
             raise KeyError(f"No task {unknown[0]!r}. Available: {list(self.heads)}")
@@ -68,6 +70,8 @@ class MultiTaskModel(nn.Module):
         self.eval()
         try:
             tasks = self.check_tasks(tasks)
+            if not texts:
+                return []
             batch = {k: v.to(self.device) for k, v in self.encoder.tokenize(list(texts)).items()}
             embeddings = self.encoder(**batch)
             results: list[dict] = [{} for _ in texts]

@@ -19,6 +19,7 @@ class SamplingStrategy(str, Enum):
 
 def task_probabilities(sizes: dict[str, int], strategy: SamplingStrategy, temperature: float = 2.0) -> dict[str, float]:
     """The probability of drawing each task under a strategy (round-robin is uniform)."""
+    strategy = SamplingStrategy(strategy)  # a plain string ("proportional") must not fall through to temperature
     if not sizes or any(n <= 0 for n in sizes.values()):
         raise ValueError(f"every task needs at least one example, got sizes {sizes}")
     if strategy is SamplingStrategy.round_robin:
@@ -26,7 +27,7 @@ def task_probabilities(sizes: dict[str, int], strategy: SamplingStrategy, temper
     elif strategy is SamplingStrategy.proportional:
         weights = {task: float(n) for task, n in sizes.items()}
     else:
-        if temperature <= 0:
+        if not temperature > 0:  # also refuses NaN
             raise ValueError(f"temperature must be > 0, got {temperature}")
         weights = {task: float(n) ** (1.0 / temperature) for task, n in sizes.items()}
     total = sum(weights.values())
@@ -37,8 +38,10 @@ def task_schedule(
     sizes: dict[str, int], steps: int, strategy: SamplingStrategy, temperature: float = 2.0, seed: int = 0
 ) -> list[str]:
     """The task of each of `steps` training steps."""
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    probabilities = task_probabilities(sizes, strategy, temperature)  # validates sizes and strategy for every strategy
     tasks = list(sizes)
-    if strategy is SamplingStrategy.round_robin:
+    if SamplingStrategy(strategy) is SamplingStrategy.round_robin:
         return [tasks[i % len(tasks)] for i in range(steps)]
-    probabilities = task_probabilities(sizes, strategy, temperature)
     return random.Random(seed).choices(tasks, weights=[probabilities[t] for t in tasks], k=steps)

@@ -87,7 +87,9 @@ class TrainConfig(BaseModel):
         """Make relative data and output paths relative to `base` (the YAML file's folder)."""
 
         def resolve(path: Path | None) -> Path | None:
-            return None if path is None or path.is_absolute() else (base / path).resolve()
+            if path is None or path.is_absolute():
+                return path
+            return (base / path).resolve()
 
         data = {
             task: files.model_copy(

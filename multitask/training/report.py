@@ -1,0 +1,98 @@
+"""The evaluation report written beside a checkpoint: metrics JSON, a markdown summary and PNG plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def plot_confusion_matrix(matrix: Sequence[Sequence[int]], labels: Sequence[str], title: str, path: Path) -> Path:
+    """Row-normalised confusion matrix with counts; rows are true labels, columns predictions."""
+    counts = np.asarray(matrix, dtype=float)
+    rates = counts / np.clip(counts.sum(axis=1, keepdims=True), 1, None)
+    size = 1.2 + 0.8 * len(labels)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    image = ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
+    ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            color = "white" if rates[i, j] > 0.5 else "black"
+            ax.text(j, i, f"{int(counts[i, j])}\n{rates[i, j]:.0%}", ha="center", va="center", fontsize=8, color=color)
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true label")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_training_curves(history: list[dict], path: Path) -> Path:
+    """Per-epoch training loss and validation macro-F1 of every task."""
+    epochs = [entry["epoch"] for entry in history]
+    tasks = sorted({task for entry in history for task in entry["validation_macro_f1"]})
+    fig, (loss_ax, f1_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for task in tasks:
+        loss_ax.plot(epochs, [e["train_loss"].get(task, np.nan) for e in history], marker="o", label=task)
+        f1_ax.plot(epochs, [e["validation_macro_f1"][task] for e in history], marker="o", label=task)
+    f1_ax.plot(epochs, [e["validation_mean_macro_f1"] for e in history], "k--", marker="s", label="mean")
+    loss_ax.set(title="training loss (mean per epoch)", xlabel="epoch", ylabel="cross-entropy")
+    f1_ax.set(title="validation macro-F1", xlabel="epoch", ylabel="macro-F1")
+    for ax in (loss_ax, f1_ax):
+        ax.grid(alpha=0.3)
+        ax.legend()
+        ax.set_xticks(epochs)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(
+    directory: Path,
+    metrics: dict[str, dict[str, dict]],
+    labels: dict[str, Sequence[str]],
+    history: list[dict] | None = None,
+    calibration: dict | None = None,
+) -> Path:
+    """Write metrics.json, report.md and the plots into `directory`; metrics are {task: {split: metrics}}."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    lines = ["# Evaluation report", ""]
+    lines += ["| task | split | examples | accuracy | macro-F1 | macro-recall | ECE |", "|---|---|---:|---:|---:|---:|---:|"]
+    for task, splits in metrics.items():
+        for split, m in splits.items():
+            lines.append(
+                f"| {task} | {split} | {m['examples']} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} "
+                f"| {m['macro_recall']:.4f} | {m['ece']:.4f} |"
+            )
+    if calibration:
+        lines += ["", "## Calibration (temperature scaling on validation)", ""]
+        lines += ["| task | temperature | ECE before | ECE after |", "|---|---:|---:|---:|"]
+        for task, c in calibration.items():
+            lines.append(f"| {task} | {c['temperature']:.3f} | {c['ece_before']:.4f} | {c['ece_after']:.4f} |")
+    for task, splits in metrics.items():
+        for split, m in splits.items():
+            name = f"confusion_{task}_{split}.png"
+            plot_confusion_matrix(m["confusion_matrix"], labels[task], f"{task} ({split})", directory / name)
+            lines += ["", f"## {task} / {split}", "", "| class | precision | recall | F1 | support |"]
+            lines.append("|---|---:|---:|---:|---:|")
+            for label, row in m["per_class"].items():
+                lines.append(
+                    f"| {label} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} | {row['support']} |"
+                )
+            lines += ["", f"![confusion matrix]({name})"]
+    if history:
+        plot_training_curves(history, directory / "training_curves.png")
+        lines += ["", "## Training curves", "", "![training curves](training_curves.png)"]
+    (directory / "report.md").write_text("\n".join(lines) + "\n")
+    return directory / "report.md"
