@@ -1,0 +1,34 @@
+# Two commands on a fresh machine:
+#   make run    set up, then serve the graph locally on the embedded default (serve_config.local.yaml)
+#   make test   set up, then run the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE := 1
+export RAY_AUTH_MODE := disabled
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup run test test-fast train-default bench-quality
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0   # CPU build first, pinned: an unpinned torch pulls a CUDA build
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+run: setup
+	$(VENV)/bin/serve run serve_config.local.yaml
+
+test: setup
+	$(PY) -m pytest -ra
+
+test-fast: setup
+	$(PY) -m pytest -ra -m "not slow"
+
+train-default: setup
+	$(VENV)/bin/multitask train --config configs/default.yaml
+
+bench-quality: setup
+	$(PY) bench/quality.py
