@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from enum import Enum
 
@@ -29,7 +30,9 @@ def task_probabilities(sizes: dict[str, int], strategy: SamplingStrategy, temper
     else:
         if not temperature > 0:  # also refuses NaN
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        weights = {task: float(n) ** (1.0 / temperature) for task, n in sizes.items()}
+        # n ** (1/T) in log space, scaled by the largest task, so a small T cannot overflow a float
+        largest = math.log(max(sizes.values()))
+        weights = {task: math.exp((math.log(n) - largest) / temperature) for task, n in sizes.items()}
     total = sum(weights.values())
     return {task: w / total for task, w in weights.items()}
 

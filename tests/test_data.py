@@ -1,0 +1,212 @@
+"""Reading labelled data (JSONL and CSV, errors with file:line) and batching it with one tokenizer."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from multitask.config import DEFAULT_TASKS
+from multitask.data import Example, MTLDataProcessor, read_task_file
+from multitask.errors import DataError
+
+TOPIC, SENTIMENT = DEFAULT_TASKS
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def processor(minilm_encoder) -> MTLDataProcessor:
+    return MTLDataProcessor(minilm_encoder.tokenizer, minilm_encoder.max_length)
+
+
+# --- reading ---------------------------------------------------------------------------------------------------
+
+
+def test_jsonl_is_read_with_label_ids_in_label_order(tmp_path):
+    path = write_jsonl(
+        tmp_path / "train.jsonl",
+        [
+            {"text": "  Great phone  ", "label": "positive"},
+            "",  # blank lines are skipped
+            {"text": "It rained.", "label": "neutral", "source": "extra keys are fine"},
+            {"text": "Awful service", "label": "negative"},
+        ],
+    )
+    dataset = read_task_file(path, SENTIMENT)
+    assert dataset.task == "sentiment"
+    assert dataset.source == str(path)
+    assert [e.text for e in dataset.examples] == ["Great phone", "It rained.", "Awful service"]
+    assert [e.label for e in dataset.examples] == [0, 1, 2]
+    assert dataset.label_counts(3) == [1, 1, 1]
+
+
+def test_csv_is_read_with_quoted_commas_and_newlines(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text(
+        'text,label\n"Apple, Google and Meta report earnings",Business\nA goal!,Sports\n"two\nlines",Politics\n'
+    )
+    dataset = read_task_file(path, TOPIC)
+    assert [e.text for e in dataset.examples] == ["Apple, Google and Meta report earnings", "A goal!", "two\nlines"]
+    assert [TOPIC.labels[e.label] for e in dataset.examples] == ["Business", "Sports", "Politics"]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_files_with_a_byte_order_mark_are_read(tmp_path, suffix):
+    path = tmp_path / f"excel{suffix}"
+    body = "text,label\nhello,positive\n" if suffix == ".csv" else '{"text": "hello", "label": "positive"}\n'
+    path.write_bytes(b"\xef\xbb\xbf" + body.encode())
+    assert read_task_file(path, SENTIMENT).examples == (Example("hello", 0),)
+
+
+def test_every_bad_jsonl_row_is_reported_with_file_and_line(tmp_path):
+    path = write_jsonl(
+        tmp_path / "bad.jsonl",
+        [
+            {"text": "fine", "label": "positive"},  # 1
+            {"text": "meh", "label": "mixed"},  # 2: unknown label
+            {"text": "   ", "label": "neutral"},  # 3: empty text
+            '{"text": "broken", "label": ',  # 4: bad JSON
+            {"text": "no label"},  # 5: missing field
+            {"label": "negative"},  # 6: missing text
+            '["a", "list"]',  # 7: not an object
+            {"text": "fine again", "label": "negative"},  # 8
+            {"text": 42, "label": "negative"},  # 9: text not a string
+        ],
+    )
+    with pytest.raises(DataError) as error:
+        read_task_file(path, SENTIMENT)
+    message = str(error.value)
+    assert message.startswith("7 bad row(s) for task 'sentiment'")
+    for line, problem in [
+        (2, "unknown label 'mixed'; expected one of ['positive', 'neutral', 'negative']"),
+        (3, "empty text"),
+        (4, "invalid JSON"),
+        (5, "'label'"),
+        (6, "'text'"),
+        (7, "not a JSON object"),
+        (9, "'text'"),
+    ]:
+        assert re.search(re.escape(f"{path}:{line}: ") + ".*" + re.escape(problem), message), (line, message)
+    assert f"{path}:1:" not in message and f"{path}:8:" not in message
+
+
+def test_every_bad_csv_row_is_reported_with_file_and_line(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text("text,label\nfine,Sports\n,Sports\nok,Weather\nshort row\nfine,Business\n")
+    with pytest.raises(DataError) as error:
+        read_task_file(path, TOPIC)
+    message = str(error.value)
+    assert message.startswith("3 bad row(s) for task 'topic'")
+    assert f"{path}:3: empty text" in message
+    assert f"{path}:4: unknown label 'Weather'" in message
+    assert f"{path}:5: missing or non-string 'label'" in message
+
+
+def test_csv_without_text_and_label_columns_is_refused(tmp_path):
+    path = tmp_path / "headers.csv"
+    path.write_text("sentence,category\nhello,Sports\n")
+    with pytest.raises(DataError, match=re.escape(f"{path}:1: CSV header must have 'text' and 'label'")):
+        read_task_file(path, TOPIC)
+
+
+def test_many_bad_rows_are_counted_and_the_first_ones_shown(tmp_path):
+    path = write_jsonl(tmp_path / "many.jsonl", [{"text": f"t{i}", "label": "nope"} for i in range(25)])
+    with pytest.raises(DataError) as error:
+        read_task_file(path, SENTIMENT)
+    message = str(error.value)
+    assert message.startswith("25 bad row(s)")
+    assert f"{path}:20:" in message and "... and 5 more" in message
+
+
+@pytest.mark.parametrize(
+    "name, content, problem",
+    [
+        ("missing.jsonl", None, "file not found"),
+        ("train.txt", "hello\n", "unsupported file type '.txt'"),
+        ("empty.jsonl", "\n\n", "no examples"),
+        ("latin1.jsonl", b'{"text": "caf\xe9", "label": "positive"}\n', "not UTF-8"),
+    ],
+)
+def test_unreadable_files_are_refused_naming_the_file(tmp_path, name, content, problem):
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    with pytest.raises(DataError, match=re.escape(str(path)) + ".*" + re.escape(problem)):
+        read_task_file(path, SENTIMENT)
+
+
+def test_dataset_fingerprint_changes_with_texts_and_labels(tmp_path):
+    rows = [{"text": "a", "label": "positive"}, {"text": "b", "label": "negative"}]
+    first = read_task_file(write_jsonl(tmp_path / "a.jsonl", rows), SENTIMENT).fingerprint()
+    same = read_task_file(write_jsonl(tmp_path / "b.jsonl", rows), SENTIMENT).fingerprint()
+    rows[1]["label"] = "neutral"
+    relabelled = read_task_file(write_jsonl(tmp_path / "c.jsonl", rows), SENTIMENT).fingerprint()
+    assert first == same != relabelled
+
+
+# --- batching --------------------------------------------------------------------------------------------------
+
+
+def test_task_batch_shapes_and_labels(processor):
+    examples = [Example("short", 0), Example("a somewhat longer sentence than that", 2)]
+    batch = processor.task_batch("sentiment", examples)
+    assert batch.task == "sentiment"
+    assert batch.input_ids.shape == batch.attention_mask.shape == (2, batch.input_ids.shape[1])
+    assert batch.labels.tolist() == [0, 2] and batch.labels.dtype == torch.long
+    assert batch.attention_mask[0].sum() < batch.attention_mask[1].sum()  # padded to the longest
+
+
+def test_processor_tokenizes_exactly_like_the_encoder(processor, minilm_encoder):
+    texts = ["One tokenizer", "for every task, shared with the encoder."]
+    batch = processor.task_batch("topic", [Example(t, 0) for t in texts])
+    expected = minilm_encoder.tokenize(texts)
+    assert torch.equal(batch.input_ids, expected["input_ids"])
+    assert torch.equal(batch.attention_mask, expected["attention_mask"])
+
+
+def test_long_texts_are_truncated_to_the_max_length(processor, minilm_encoder):
+    batch = processor.task_batch("topic", [Example("word " * 600, 1), Example("short", 2)])
+    assert batch.input_ids.shape == (2, minilm_encoder.max_length)
+    assert batch.input_ids[0, -1].item() == minilm_encoder.tokenizer.sep_token_id
+    small = MTLDataProcessor(minilm_encoder.tokenizer, max_length=8).task_batch("topic", [Example("word " * 50, 0)])
+    assert small.input_ids.shape == (1, 8)
+
+
+def test_mixed_batch_has_task_ids_into_its_task_tuple(processor):
+    items = [
+        ("topic", Example("Election results are in", 4)),
+        ("sentiment", Example("I hate waiting", 2)),
+        ("topic", Example("New vaccine approved", 5)),
+        ("sentiment", Example("Lovely day", 0)),
+    ]
+    batch = processor.mixed_batch(items)
+    assert batch.tasks == ("topic", "sentiment")
+    assert batch.task_ids.tolist() == [0, 1, 0, 1]
+    assert batch.labels.tolist() == [4, 2, 5, 0]
+    assert batch.input_ids.shape[0] == batch.attention_mask.shape[0] == 4
+    assert [batch.tasks[i] for i in batch.task_ids] == [task for task, _ in items]
+
+
+def test_task_batches_cover_every_example_once(processor, tmp_path):
+    rows = [{"text": f"sentence number {i}", "label": SENTIMENT.labels[i % 3]} for i in range(10)]
+    dataset = read_task_file(write_jsonl(tmp_path / "ten.jsonl", rows), SENTIMENT)
+    batches = list(processor.task_batches(dataset, batch_size=4))
+    assert [len(b.labels) for b in batches] == [4, 4, 2]
+    assert torch.cat([b.labels for b in batches]).tolist() == [i % 3 for i in range(10)]
+
+    def order(seed):
+        return torch.cat([b.input_ids[:, 3] for b in processor.task_batches(dataset, 4, shuffle=True, seed=seed)])
+
+    shuffled = order(seed=1)
+    assert torch.equal(shuffled, order(seed=1))  # reproducible
+    assert not torch.equal(shuffled, order(seed=2))
+    assert sorted(shuffled.tolist()) == sorted(torch.cat([b.input_ids[:, 3] for b in batches]).tolist())
