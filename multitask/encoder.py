@@ -64,7 +64,8 @@ def tensors_digest(tensors: dict[str, torch.Tensor]) -> "hashlib._Hash":
 
 def weights_fingerprint(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> str:
     """Identity of a base encoder: SHA-256 over its weights and its tokenizer's configuration."""
-    digest = tensors_digest(model.state_dict())
+    # the pooler is never used (we mean-pool) and is randomly initialised when a checkpoint lacks it
+    digest = tensors_digest({k: v for k, v in model.state_dict().items() if not k.startswith("pooler.")})
     tokenizer_state = {
         "class": type(tokenizer).__name__,
         "vocab": sorted(tokenizer.get_vocab().items()),

@@ -239,14 +239,14 @@ def train(config: TrainConfig, context: WorkerContext | None = None, progress: b
                 "validation_mean_macro_f1": score,
             }
         )
-        if show:
+        if context.is_main:
             tqdm.write(f"epoch {epoch}: validation macro-F1 {validation} mean {score:.4f}")
         if score > best_score:
             best_score, best_state, stale = score, copy.deepcopy(module.state_dict()), 0
         else:
             stale += 1
             if stale >= settings.early_stopping_patience:
-                if show:
+                if context.is_main:
                     tqdm.write(f"early stopping: no gain for {stale} epoch(s); keeping the best epoch")
                 break
 
