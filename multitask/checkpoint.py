@@ -159,6 +159,9 @@ def load_encoder(directory: str | Path, device: str | torch.device = "cpu") -> S
         except (RuntimeError, ValueError) as exc:
             raise CheckpointError(f"{directory / ENCODER_FILE} does not fit {manifest.model.encoder}: {exc}") from exc
     encoder.fingerprint = effective_fingerprint(encoder.base_fingerprint, encoder_tensors)
+    _check_fingerprint(
+        "fine-tuned encoder", manifest.encoder.fingerprint, encoder.fingerprint, manifest.model.encoder, directory
+    )
     _load_state(encoder.projection, read_tensors(directory / MODEL_FILE, "projection."), directory / MODEL_FILE)
     return encoder.to(device).eval()
 
