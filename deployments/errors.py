@@ -1,0 +1,146 @@
+"""The service's error vocabulary: one closed set of kinds, one table of status codes, one JSON shape.
+
+Every error the service returns is `{"error": "<message>", "error_type": "<kind>"}`. Code raises `ServiceError`
+(or lets a known exception through, see `to_service_error`); `install_error_handlers` turns both into that shape,
+including FastAPI's own validation errors (422; malformed JSON is 400) and unknown routes (404/405).
+"""
+
+from __future__ import annotations
+
+import logging
+from enum import Enum
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from multitask.errors import EncoderMismatchError
+
+logger = logging.getLogger("ray.serve")
+
+
+class ErrorKind(str, Enum):
+    """What went wrong. The value is the `error_type` clients see."""
+
+    malformed_json = "malformed_json"  # body is not JSON
+    body_too_large = "body_too_large"  # body over `max_body_bytes`
+    too_many_texts = "too_many_texts"  # more texts than `max_texts_per_request`
+    text_too_long = "text_too_long"  # a text over `max_chars_per_text`
+    validation_error = "validation_error"  # schema: missing field, wrong type, empty list, extra field
+    empty_text = "empty_text"  # a text that is empty or only whitespace
+    unknown_task = "unknown_task"  # a task the checkpoint has no head for
+    not_found = "not_found"  # no such route
+    method_not_allowed = "method_not_allowed"
+    overloaded = "overloaded"  # queues full; retry later
+    unavailable = "unavailable"  # a deployment cannot answer (starting, restarting, unhealthy)
+    timeout = "timeout"  # the graph did not answer within `request_timeout_s`
+    encoder_mismatch = "encoder_mismatch"  # heads and encoder disagree (mid-rollout); retry later
+    internal_error = "internal_error"  # a server fault; the log has the traceback
+
+
+STATUS_CODES: dict[ErrorKind, int] = {
+    ErrorKind.malformed_json: 400,
+    ErrorKind.body_too_large: 413,
+    ErrorKind.too_many_texts: 413,
+    ErrorKind.text_too_long: 413,
+    ErrorKind.validation_error: 422,
+    ErrorKind.empty_text: 422,
+    ErrorKind.unknown_task: 422,
+    ErrorKind.not_found: 404,
+    ErrorKind.method_not_allowed: 405,
+    ErrorKind.overloaded: 503,
+    ErrorKind.unavailable: 503,
+    ErrorKind.timeout: 503,
+    ErrorKind.encoder_mismatch: 503,
+    ErrorKind.internal_error: 500,
+}
+
+RETRY_AFTER_S = 1
+"""`Retry-After` sent with every 503: the condition is transient (load, restart, rollout)."""
+
+
+class ServiceError(Exception):
+    """An error with a kind from the vocabulary. Raised to HTTP clients and handle callers alike."""
+
+    def __init__(self, kind: ErrorKind, message: str):
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+    @property
+    def status_code(self) -> int:
+        return STATUS_CODES[self.kind]
+
+    def __reduce__(self):  # keep kind and message when Ray ships the error to a handle caller
+        return (ServiceError, (self.kind, self.message))
+
+
+def error_response(kind: ErrorKind, message: str) -> JSONResponse:
+    """The one JSON error shape, with `Retry-After` on 503."""
+    status = STATUS_CODES[kind]
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+    return JSONResponse({"error": message, "error_type": kind.value}, status_code=status, headers=headers)
+
+
+def to_service_error(exc: BaseException) -> ServiceError:
+    """Map an exception raised while calling the graph to the vocabulary (unknown ones are server faults)."""
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+    if isinstance(exc, ServiceError):
+        return exc
+    if isinstance(exc, BackPressureError):
+        return ServiceError(ErrorKind.overloaded, "The service is overloaded; retry after a short wait.")
+    if isinstance(exc, EncoderMismatchError):
+        return ServiceError(ErrorKind.encoder_mismatch, str(exc).splitlines()[-1])
+    if isinstance(exc, DeploymentUnavailableError):
+        return ServiceError(ErrorKind.unavailable, "A deployment of the service is unavailable; retry shortly.")
+    if isinstance(exc, TimeoutError):
+        return ServiceError(ErrorKind.timeout, "The service did not answer in time; retry shortly.")
+    logger.error("Unexpected error while serving a request", exc_info=exc)
+    return ServiceError(ErrorKind.internal_error, "Internal server error; the service log has the details.")
+
+
+def describe_errors(errors: list[dict]) -> tuple[ErrorKind, str]:
+    """Pydantic's (or FastAPI's) list of validation errors -> one kind and one readable message."""
+    if any(error.get("type") == "json_invalid" for error in errors):
+        return ErrorKind.malformed_json, "Request body is not valid JSON."
+    parts = []
+    for error in errors[:5]:
+        location = ".".join(str(part) for part in error.get("loc", ()) if part != "body") or "body"
+        parts.append(f"{location}: {error.get('msg', 'invalid')}")
+    if len(errors) > 5:
+        parts.append(f"and {len(errors) - 5} more")
+    return ErrorKind.validation_error, "; ".join(parts)
+
+
+_HTTP_KINDS = {
+    400: ErrorKind.malformed_json,
+    404: ErrorKind.not_found,
+    405: ErrorKind.method_not_allowed,
+    413: ErrorKind.body_too_large,
+}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Make every error leaving `app` take the one JSON shape."""
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return error_response(exc.kind, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(*describe_errors(exc.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = _HTTP_KINDS.get(exc.status_code)
+        if kind is None:
+            kind = ErrorKind.validation_error if exc.status_code < 500 else ErrorKind.internal_error
+        return error_response(kind, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        error = to_service_error(exc)
+        return error_response(error.kind, error.message)

@@ -1,0 +1,142 @@
+"""The HTTP face of the ingress: routes of the v1 contract, the body-size limit, the one JSON error shape.
+
+`create_app(service)` builds the FastAPI (Starlette) app around an `Ingress` instance; each route validates the
+body with the pydantic models of `schemas.py` (which also generate /openapi.json) and calls the same method that
+Python handle callers use, so HTTP and handles return the same shapes.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from deployments.errors import STATUS_CODES, ErrorKind, error_response, install_error_handlers
+from deployments.schemas import (
+    EmbedRequest,
+    EmbedResponse,
+    ErrorResponse,
+    HealthResponse,
+    PredictRequest,
+    PredictResponse,
+    TaskPredictRequest,
+    TasksResponse,
+)
+
+if TYPE_CHECKING:
+    from deployments.ingress import Ingress
+
+API_TITLE = "multitask: topic and sentiment classification"
+API_VERSION = "1.0.0"
+
+
+def _errors(*kinds: ErrorKind) -> dict:
+    """OpenAPI `responses` entries for the error kinds a route can return."""
+    responses: dict = {}
+    for kind in kinds:
+        entry = responses.setdefault(STATUS_CODES[kind], {"model": ErrorResponse, "description": ""})
+        entry["description"] = ", ".join(filter(None, [entry["description"], kind.value]))
+    return responses
+
+
+_BODY_ERRORS = (
+    ErrorKind.malformed_json,
+    ErrorKind.body_too_large,
+    ErrorKind.too_many_texts,
+    ErrorKind.validation_error,
+    ErrorKind.empty_text,
+    ErrorKind.overloaded,
+    ErrorKind.internal_error,
+)
+
+
+class JsonBodyGuard:
+    """Every body is JSON, whatever its Content-Type says (`curl -d` sends form-urlencoded), and bodies over
+    `max_bytes()` are refused with 413: by Content-Length up front, else while the body streams in."""
+
+    def __init__(self, app: ASGIApp, max_bytes: Callable[[], int]):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = self.max_bytes()
+        message = f"Request body is larger than the limit of {limit} bytes."
+        headers = [(k, v) for k, v in scope.get("headers") or [] if k != b"content-type"]
+        length = dict(headers).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            return await error_response(ErrorKind.body_too_large, message)(scope, receive, send)
+        scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            msg = await receive()
+            if msg["type"] == "http.request":
+                received += len(msg.get("body", b""))
+                if received > limit:  # raised inside the route's body read: the error handlers answer 413
+                    raise HTTPException(413, message)
+            return msg
+
+        await self.app(scope, counting_receive, send)
+
+
+def create_app(service: "Ingress") -> FastAPI:
+    app = FastAPI(
+        title=API_TITLE,
+        version=API_VERSION,
+        description="One shared sentence encoder, one head per task. Every error is "
+        '`{"error": str, "error_type": str}`; 503 responses carry `Retry-After`.',
+        redoc_url=None,
+    )
+    install_error_handlers(app)
+    app.add_middleware(JsonBodyGuard, max_bytes=lambda: service.limits.max_body_bytes)
+
+    @app.post(
+        "/v1/predict",
+        response_model=PredictResponse,
+        responses=_errors(*_BODY_ERRORS, ErrorKind.unknown_task, ErrorKind.text_too_long),
+        summary="Classify texts with every task, or the tasks asked for",
+    )
+    async def predict(body: PredictRequest) -> JSONResponse:
+        return JSONResponse(await service.predict(body.texts, body.tasks, body.return_embeddings))
+
+    @app.post(
+        "/v1/predict/{task}",
+        response_model=PredictResponse,
+        responses=_errors(*_BODY_ERRORS, ErrorKind.unknown_task, ErrorKind.text_too_long),
+        summary="Classify texts with one task",
+    )
+    async def predict_task(task: str, body: TaskPredictRequest) -> JSONResponse:
+        return JSONResponse(await service.predict(body.texts, [task], body.return_embeddings))
+
+    @app.post(
+        "/v1/embed",
+        response_model=EmbedResponse,
+        responses=_errors(*_BODY_ERRORS, ErrorKind.text_too_long),
+        summary="Shared 1024-d sentence embeddings",
+    )
+    async def embed(body: EmbedRequest) -> JSONResponse:
+        return JSONResponse(await service.embed(body.texts, body.normalize))
+
+    @app.get("/v1/tasks", response_model=TasksResponse, summary="Tasks, their labels and evaluation metrics")
+    async def tasks() -> JSONResponse:
+        return JSONResponse(service.tasks())
+
+    @app.get(
+        "/healthz",
+        response_model=HealthResponse,
+        responses=_errors(ErrorKind.unavailable),
+        summary="200 when every deployment answers, else 503",
+    )
+    async def healthz() -> JSONResponse:
+        return JSONResponse(await service.health())
+
+    return app
+
+
+__all__ = ["create_app", "JsonBodyGuard"]

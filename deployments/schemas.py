@@ -1,0 +1,152 @@
+"""Pydantic models of the HTTP contract (they generate /openapi.json) and of the runtime knobs (`user_config`).
+
+Limits that can change at runtime (texts per request, characters per text, body size) live in `Limits`, the
+ingress's `user_config`, and are checked by the ingress, not here: a schema error here is always a 422.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+_EXAMPLE_TEXTS = ["The new phone ships with a faster chip.", "Stocks fell sharply after the announcement."]
+
+
+# --- requests ---------------------------------------------------------------------------------------------------
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    texts: list[str] = Field(
+        min_length=1,
+        description="Sentences to process, at most `max_texts_per_request` (default 64), each non-empty and at most "
+        "`max_chars_per_text` characters (default 10000). Texts over the encoder's token limit are truncated and "
+        "flagged `truncated`.",
+        examples=[_EXAMPLE_TEXTS],
+    )
+
+
+class TaskPredictRequest(_Request):
+    """Body of `POST /v1/predict/{task}`."""
+
+    return_embeddings: bool = Field(default=False, description="Add each text's 1024-d embedding to its result.")
+
+
+class PredictRequest(TaskPredictRequest):
+    """Body of `POST /v1/predict`."""
+
+    tasks: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="Tasks to run (see GET /v1/tasks); omitted = every task. Only these heads are called.",
+        examples=[["topic", "sentiment"]],
+    )
+
+
+class EmbedRequest(_Request):
+    """Body of `POST /v1/embed`."""
+
+    normalize: bool = Field(default=True, description="Scale each embedding to unit L2 norm.")
+
+
+# --- responses ----------------------------------------------------------------------------------------------------
+class TaskResult(BaseModel):
+    label: str = Field(description="The most probable label.")
+    confidence: float = Field(description="Calibrated probability of `label`.")
+    scores: dict[str, float] = Field(description="Calibrated probability of every label.")
+
+
+class TextResult(BaseModel):
+    """One text's result: one `TaskResult` per asked task, under the task's name (e.g. `topic`, `sentiment`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    __pydantic_extra__: dict[str, TaskResult] = Field(init=False)
+    truncated: bool = Field(description="True when the text was cut to the encoder's max tokens.")
+    embedding: list[float] | None = Field(default=None, description="Raw 1024-d embedding, when asked for.")
+
+
+class ModelInfo(BaseModel):
+    encoder: str = Field(description="Encoder id the checkpoint was trained with.")
+    fingerprint: str = Field(description="Fingerprint of the encoder the heads were trained against.")
+    finetune: str = Field(description="frozen, lora or full.")
+    embedding_dim: int
+    checkpoint: str = Field(description="Name of the checkpoint directory.")
+
+
+class PredictResponse(BaseModel):
+    results: list[TextResult] = Field(description="One result per text, in input order.")
+    model: ModelInfo
+
+
+class EmbedResponse(BaseModel):
+    embeddings: list[list[float]] = Field(description="One embedding per text, in input order.")
+    dimension: int
+    truncated: list[bool] = Field(description="Per text: cut to the encoder's max tokens.")
+    model: ModelInfo
+
+
+class TaskInfo(BaseModel):
+    name: str
+    labels: list[str]
+    metrics: dict = Field(description="The checkpoint's evaluation metrics for this task (empty if none).")
+    calibration: dict = Field(description="The head's temperature calibration (empty if none).")
+
+
+class TasksResponse(BaseModel):
+    tasks: list[TaskInfo]
+    model: ModelInfo
+
+
+class HealthResponse(BaseModel):
+    status: str = Field(examples=["ok"])
+    deployments: dict[str, str] = Field(description="Each deployment's answer to a ping.")
+
+
+class ErrorResponse(BaseModel):
+    """Every error the service returns."""
+
+    error: str = Field(description="What went wrong, for a human.")
+    error_type: str = Field(description="The error kind, for code: see deployments/errors.py.", examples=["unknown_task"])
+
+
+# --- runtime knobs (user_config) ----------------------------------------------------------------------------------
+class Limits(BaseModel):
+    """The ingress's `user_config`: request limits, changed by redeploying the config without a restart."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_texts_per_request: int = Field(default=64, gt=0, description="More texts -> 413 too_many_texts.")
+    max_chars_per_text: int = Field(default=10_000, gt=0, description="Longer text -> 413 text_too_long.")
+    max_body_bytes: int = Field(default=1_048_576, gt=0, description="Larger body -> 413 body_too_large.")
+    request_timeout_s: float = Field(default=30.0, gt=0, description="Graph answer deadline -> 503 timeout.")
+    health_timeout_s: float = Field(default=5.0, gt=0, description="Per-deployment ping deadline in /healthz.")
+
+
+class EncoderSettings(BaseModel):
+    """The encoder's `user_config`: dynamic batching and CPU threads."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_batch_size: int = Field(default=32, gt=0, description="Texts per forward pass, across requests.")
+    batch_wait_timeout_s: float = Field(default=0.005, ge=0, description="How long a batch waits to fill.")
+    torch_threads: int = Field(default=0, ge=0, description="torch intra-op threads on CPU; 0 = leave as is.")
+
+
+class HeadSettings(BaseModel):
+    """A head's `user_config`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    torch_threads: int = Field(default=1, ge=0, description="torch intra-op threads; 0 = leave as is.")
+
+
+# --- what flows between deployments -----------------------------------------------------------------------------
+@dataclass
+class EncodedTexts:
+    """Encoder -> heads and ingress: embeddings of one request's texts, in input order."""
+
+    embeddings: np.ndarray  # (n_texts, embedding_dim) float32
+    truncated: list[bool] = field(default_factory=list)  # per text: cut to the encoder's max tokens
+    fingerprint: str = ""  # the encoder that produced them; heads refuse other encoders

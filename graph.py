@@ -1,0 +1,79 @@
+"""The Serve application: Ingress -> Encoder -> one head deployment per task of the checkpoint.
+
+    serve run serve_config.local.yaml                  # CPU laptop: embedded encoder, checkpoints/default
+    serve run serve_config.yaml                        # cluster: bge-large encoder on a GPU
+    serve run graph:build_app checkpoint=/path/to/ckpt # ad hoc, code defaults for every deployment
+
+A checkpoint with a third task gets a third head deployment (named e.g. `NewsRegionHead`) without code changes;
+give it its own entry in the config files.
+"""
+
+# no `from __future__ import annotations`: Serve reads build_app's annotation to validate `args` into GraphArgs
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from ray.serve import Application
+
+from deployments.encoder import Encoder
+from deployments.head import TaskHeadDeployment, head_deployment_name
+from deployments.ingress import Ingress
+from multitask.checkpoint import read_manifest
+
+PROJECT_ROOT = Path(__file__).resolve().parent
+APP_NAME = "multitask"
+
+
+def resolve_checkpoint(path: str) -> str:
+    """An absolute path, as given; a relative one from the working directory if it exists there, else from the
+    project root (replicas and the Serve controller do not share the shell's working directory)."""
+    candidate = Path(path).expanduser()
+    if candidate.is_absolute():
+        return str(candidate)
+    if candidate.exists():
+        return str(candidate.resolve())
+    return str(PROJECT_ROOT / candidate)
+
+
+class GraphArgs(BaseModel):
+    """Arguments of the application builder (`args:` in the Serve config)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    checkpoint: str = Field(
+        default="checkpoints/default",
+        description="Checkpoint directory, readable from every node. Relative paths resolve from the project root.",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Encoder device; auto = GPU if given.")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        default="auto", description="Encoder dtype; auto = bf16/fp16 on GPU, fp32 on CPU."
+    )
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _resolve(cls, path: str) -> str:
+        return resolve_checkpoint(path)
+
+
+def build_app(args: GraphArgs) -> Application:
+    """Bind Encoder, one TaskHead per checkpoint task, and the Ingress that calls them."""
+    manifest = read_manifest(args.checkpoint)  # fails here, at deploy time, with a clear message
+    encoder = Encoder.bind(args.checkpoint, args.device, args.dtype)
+    heads = {
+        task: TaskHeadDeployment.options(name=head_deployment_name(task)).bind(args.checkpoint, task, encoder)
+        for task in manifest.model.task_names
+    }
+    return Ingress.bind(args.checkpoint, encoder, heads)
+
+
+def deployment_names(task_names: list[str]) -> list[str]:
+    """Every deployment name of the graph for these tasks (configs must use exactly these)."""
+    return [Ingress.name, Encoder.name, *(head_deployment_name(task) for task in task_names)]
+
+
+def __getattr__(name: str) -> Application:
+    """`graph:app` (e.g. `serve run graph:app`): the default checkpoint with code defaults, built on first access
+    so that importing this module never needs a checkpoint."""
+    if name == "app":
+        return build_app(GraphArgs())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
