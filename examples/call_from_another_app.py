@@ -1,0 +1,64 @@
+"""Call the classifier from another Ray Serve application (or any Ray driver) through a Python handle.
+
+Start the service first (e.g. `RAY_AUTH_MODE=disabled serve run serve_config.local.yaml`), then, from the
+project root, against that cluster:
+
+    RAY_AUTH_MODE=disabled RAY_ADDRESS=auto python examples/call_from_another_app.py
+
+It deploys a tiny application, `digest`, whose replicas reach the classifier by its application name only
+(`serve.get_app_handle("multitask")`), calls it, prints the answers, and deletes `digest` again. The handle
+methods take the same arguments and return the same dicts as the HTTP routes.
+"""
+
+from __future__ import annotations
+
+import json
+
+import ray
+from ray import serve
+
+CLASSIFIER_APP = "multitask"
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.1})
+class Digest:
+    """Another team's service: summarises a batch of headlines with the classifier's help."""
+
+    def __init__(self):
+        self.classifier = serve.get_app_handle(CLASSIFIER_APP)  # the ingress of the classifier
+
+    async def __call__(self, headlines: list[str]) -> dict:
+        # one call; the classifier encodes each text once and asks only the heads named in `tasks`
+        prediction = await self.classifier.predict.remote(headlines, tasks=["topic", "sentiment"])
+        embedded = await self.classifier.embed.remote(headlines, normalize=True)
+        return {
+            "items": [
+                {"text": text, "topic": r["topic"]["label"], "sentiment": r["sentiment"]["label"]}
+                for text, r in zip(headlines, prediction["results"])
+            ],
+            "dimension": embedded["dimension"],
+            "model": prediction["model"],
+        }
+
+
+def main() -> None:
+    ray.init(address="auto", log_to_driver=False)  # the cluster where the classifier runs (RAY_ADDRESS)
+    headlines = ["Shares tumble as the central bank raises rates.", "What a fantastic final, we won!"]
+
+    # 1. from a driver: the application handle directly
+    classifier = serve.get_app_handle(CLASSIFIER_APP)
+    result = classifier.predict.remote(headlines, tasks=["sentiment"]).result()
+    print("sentiment:", [r["sentiment"]["label"] for r in result["results"]])
+
+    # 2. from another application's replica
+    digest = serve.run(Digest.bind(), name="digest", route_prefix=None)
+    try:
+        answer = digest.remote(headlines).result()
+        print(json.dumps(answer["items"], indent=2))
+        print(f"embeddings of dimension {answer['dimension']} from {answer['model']['encoder']}")
+    finally:
+        serve.delete("digest")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""The real serving graph, deployed once for every test in tests/serving/ and torn down after them.
+
+A local Ray (no dashboard, token auth off), Serve's HTTP proxy on a free port of 127.0.0.1, the graph of
+`graph.build_app` on a temporary checkpoint: the real embedded encoder with seeded, untrained heads (so the tests
+do not depend on training), plus evaluation metrics to report.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from multitask.checkpoint import load_model, save_checkpoint
+from multitask.model import MultiTaskModel
+
+from .helpers import APP_NAME, METRICS, free_port
+
+
+@pytest.fixture(scope="session")
+def checkpoint_dir(minilm_model: MultiTaskModel, tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("serving") / "ckpt"
+    save_checkpoint(minilm_model, directory, metrics=METRICS)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def reference_model(checkpoint_dir: Path) -> MultiTaskModel:
+    """The same checkpoint loaded in-process: what the service must agree with."""
+    return load_model(checkpoint_dir)
+
+
+@dataclass
+class Service:
+    url: str
+    checkpoint: Path
+    gcs_address: str
+
+    def post(self, path: str, **kwargs) -> requests.Response:
+        return requests.post(self.url + path, timeout=60, **kwargs)
+
+    def get(self, path: str, **kwargs) -> requests.Response:
+        return requests.get(self.url + path, timeout=60, **kwargs)
+
+
+@pytest.fixture(scope="package")
+def service(checkpoint_dir: Path) -> Service:
+    import ray
+    from ray import serve
+
+    from graph import GraphArgs, build_app
+
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # Ray >= 2.5x enables token auth by default
+    assert not ray.is_initialized(), "tests/serving needs its own Ray; another test left one running"
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    try:
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app(GraphArgs(checkpoint=str(checkpoint_dir))), name=APP_NAME, route_prefix="/")
+        service = Service(f"http://127.0.0.1:{port}", checkpoint_dir, ray.get_runtime_context().gcs_address)
+        deadline = time.monotonic() + 60
+        while service.get("/healthz").status_code != 200:  # serve.run returns once replicas run; be sure
+            assert time.monotonic() < deadline, "graph deployed but /healthz never answered 200"
+            time.sleep(0.5)
+        yield service
+    finally:
+        serve.shutdown()
+        ray.shutdown()

@@ -1,0 +1,89 @@
+"""The Serve config files: valid Serve schemas, names that match the code, knobs that fit their pydantic models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+import graph
+from deployments.schemas import EncoderSettings, HeadSettings, Limits
+from multitask.config import DEFAULT_TASKS
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ["serve_config.yaml", "serve_config.local.yaml"]
+SETTINGS = {"Ingress": Limits, "Encoder": EncoderSettings, "TopicHead": HeadSettings, "SentimentHead": HeadSettings}
+AUTOSCALING_KEYS = {
+    "min_replicas",
+    "initial_replicas",
+    "max_replicas",
+    "target_ongoing_requests",
+    "look_back_period_s",
+    "upscale_delay_s",
+    "downscale_delay_s",
+    "upscaling_factor",
+    "downscaling_factor",
+    "aggregation_function",
+}
+ACTOR_KEYS = {"num_cpus", "num_gpus", "memory", "resources"}
+
+
+def load(name: str) -> dict:
+    return yaml.safe_load((ROOT / name).read_text())
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_parses_as_a_serve_schema_with_the_code_names(name):
+    schema = ServeDeploySchema.model_validate(load(name))
+    (application,) = schema.applications
+    assert application.name == graph.APP_NAME
+    assert application.import_path == "graph:build_app"
+    graph.GraphArgs.model_validate(application.args)  # the builder accepts the args
+    names = [deployment.name for deployment in application.deployments]
+    assert sorted(names) == sorted(graph.deployment_names([task.name for task in DEFAULT_TASKS]))
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_deployment_spells_out_its_options_in_full(name):
+    """Serve replaces the code's dicts whole with the file's, so a key left out would silently reset."""
+    (application,) = load(name)["applications"]
+    for deployment in application["deployments"]:
+        assert set(deployment["autoscaling_config"]) == AUTOSCALING_KEYS, deployment["name"]
+        assert set(deployment["ray_actor_options"]) == ACTOR_KEYS, deployment["name"]
+        settings = SETTINGS[deployment["name"]]
+        assert set(deployment["user_config"]) == set(settings.model_fields), deployment["name"]
+        settings.model_validate(deployment["user_config"])
+
+
+def test_cluster_config_puts_bge_large_on_a_gpu():
+    (application,) = load("serve_config.yaml")["applications"]
+    encoder = next(d for d in application["deployments"] if d["name"] == "Encoder")
+    assert encoder["ray_actor_options"]["num_gpus"] == 1
+    assert application["args"]["device"] == "cuda"
+    assert "bge-large" in application["args"]["checkpoint"]
+
+
+def test_local_config_fits_two_cpus_with_the_embedded_default():
+    (application,) = load("serve_config.local.yaml")["applications"]
+    deployments = application["deployments"]
+    assert all(d["ray_actor_options"]["num_gpus"] == 0 for d in deployments)
+    assert sum(d["ray_actor_options"]["num_cpus"] * d["autoscaling_config"]["min_replicas"] for d in deployments) <= 2
+    assert any(d["ray_actor_options"]["num_cpus"] < 1 for d in deployments)
+    assert application["args"] == {"checkpoint": "checkpoints/default", "device": "cpu", "dtype": "float32"}
+    assert graph.GraphArgs.model_validate(application["args"]).checkpoint == str(ROOT / "checkpoints" / "default")
+
+
+def test_graph_args_refuse_unknown_fields_and_devices():
+    with pytest.raises(ValueError):
+        graph.GraphArgs.model_validate({"checkpoint": "x", "gpu": True})
+    with pytest.raises(ValueError):
+        graph.GraphArgs.model_validate({"device": "tpu"})
+
+
+def test_head_deployment_names_follow_the_task_names():
+    from deployments.head import head_deployment_name
+
+    assert head_deployment_name("topic") == "TopicHead"
+    assert head_deployment_name("news_region") == "NewsRegionHead"
