@@ -6,6 +6,7 @@ changed data never reuses stale vectors.
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import torch
@@ -44,7 +45,7 @@ def cached_pooled_embeddings(
         tokens = {k: v.to(device) for k, v in processor.tokenize([texts[i] for i in indices]).items()}
         pooled[indices] = encoder.pool(**tokens).float().cpu()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")  # unique: DDP workers may write the same entry
     save_file({"pooled": pooled.contiguous()}, str(tmp))
     tmp.replace(path)  # atomic: a crash never leaves a half-written cache entry
     return pooled
