@@ -10,10 +10,12 @@ give it its own entry in the config files.
 
 # no `from __future__ import annotations`: Serve reads build_app's annotation to validate `args` into GraphArgs
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Mapping
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ray.serve import Application
+from ray.serve.schema import ServeDeploySchema
 
 from deployments.encoder import Encoder
 from deployments.head import TaskHeadDeployment, head_deployment_name
@@ -56,14 +58,33 @@ class GraphArgs(BaseModel):
 
 
 def build_app(args: GraphArgs) -> Application:
-    """Bind Encoder, one TaskHead per checkpoint task, and the Ingress that calls them."""
+    """Bind Encoder, one TaskHead per checkpoint task, and the Ingress that calls them (the code's options)."""
+    return bind_graph(args)
+
+
+def bind_graph(args: GraphArgs, options: Mapping[str, Mapping[str, Any]] | None = None) -> Application:
+    """`build_app` with Serve options per deployment name (a config file's `deployments:` entries)."""
     manifest = read_manifest(args.checkpoint)  # fails here, at deploy time, with a clear message
-    encoder = Encoder.bind(args.checkpoint, args.device, args.dtype)
-    heads = {
-        task: TaskHeadDeployment.options(name=head_deployment_name(task)).bind(args.checkpoint, task, encoder)
-        for task in manifest.model.task_names
-    }
-    return Ingress.bind(args.checkpoint, encoder, heads)
+    options = {name: {k: v for k, v in opts.items() if k != "name"} for name, opts in (options or {}).items()}
+    unknown = set(options) - set(deployment_names(manifest.model.task_names))
+    if unknown:
+        raise ValueError(f"No deployment {sorted(unknown)} in the graph. Available: {deployment_names(manifest.model.task_names)}")
+    encoder = Encoder.options(**options.get(Encoder.name, {})).bind(args.checkpoint, args.device, args.dtype)
+    heads = {}
+    for task in manifest.model.task_names:
+        name = head_deployment_name(task)
+        heads[task] = TaskHeadDeployment.options(name=name, **options.get(name, {})).bind(args.checkpoint, task, encoder)
+    return Ingress.options(**options.get(Ingress.name, {})).bind(args.checkpoint, encoder, heads)
+
+
+def app_from_config(path: str | Path, **args: Any) -> tuple[Application, dict]:
+    """The application a Serve config file describes, for `serve.run` in a Python process (tests, benchmarks):
+    its `args` (overridden by `args`) and every deployment's options. Returns it with the file's http_options."""
+    config = ServeDeploySchema.model_validate(yaml.safe_load(Path(path).read_text()))
+    (application,) = config.applications
+    graph_args = GraphArgs.model_validate({**application.args, **args})
+    options = {d.name: d.model_dump(exclude_unset=True) for d in application.deployments}
+    return bind_graph(graph_args, options), config.http_options.model_dump(exclude_unset=True)
 
 
 def deployment_names(task_names: list[str]) -> list[str]:

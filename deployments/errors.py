@@ -7,6 +7,7 @@ including FastAPI's own validation errors (422; malformed JSON is 400) and unkno
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from enum import Enum
 
@@ -85,17 +86,19 @@ def error_response(kind: ErrorKind, message: str) -> JSONResponse:
 
 def to_service_error(exc: BaseException) -> ServiceError:
     """Map an exception raised while calling the graph to the vocabulary (unknown ones are server faults)."""
+    from ray.exceptions import RayTaskError
     from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
-    if isinstance(exc, ServiceError):
-        return exc
-    if isinstance(exc, BackPressureError):
+    cause = exc.cause if isinstance(exc, RayTaskError) and exc.cause is not None else exc  # the replica's own error
+    if isinstance(cause, ServiceError):
+        return ServiceError(cause.kind, cause.message)
+    if isinstance(cause, BackPressureError):
         return ServiceError(ErrorKind.overloaded, "The service is overloaded; retry after a short wait.")
-    if isinstance(exc, EncoderMismatchError):
-        return ServiceError(ErrorKind.encoder_mismatch, str(exc).splitlines()[-1])
-    if isinstance(exc, DeploymentUnavailableError):
+    if isinstance(cause, EncoderMismatchError):
+        return ServiceError(ErrorKind.encoder_mismatch, f"{cause} A rollout is probably under way; retry shortly.")
+    if isinstance(cause, DeploymentUnavailableError):
         return ServiceError(ErrorKind.unavailable, "A deployment of the service is unavailable; retry shortly.")
-    if isinstance(exc, TimeoutError):
+    if isinstance(cause, (TimeoutError, asyncio.TimeoutError)):
         return ServiceError(ErrorKind.timeout, "The service did not answer in time; retry shortly.")
     logger.error("Unexpected error while serving a request", exc_info=exc)
     return ServiceError(ErrorKind.internal_error, "Internal server error; the service log has the details.")

@@ -1,14 +1,16 @@
 """A task head deployment: one class, bound once per task (TopicHead, SentimentHead, ...), each autoscaled alone.
 
-A head loads only its own weights from the checkpoint and refuses to start against an encoder whose fingerprint
-differs from the one it was trained with (it asks the live encoder deployment). Every call checks the fingerprint
-that came with the embeddings too, so a head never classifies another encoder's embeddings mid-rollout.
+A head loads only its own weights from the checkpoint and starts only once the live encoder deployment answers
+with the fingerprint the checkpoint names (during a rollout old encoder replicas may answer first; after
+`ENCODER_WAIT_S` it gives up with EncoderMismatchError). Every call checks the fingerprint that came with the
+embeddings too, so a head never classifies another encoder's embeddings (the ingress answers 503 encoder_mismatch).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import torch
 from ray import serve
@@ -22,8 +24,9 @@ from multitask.model import label_scores
 
 logger = logging.getLogger("ray.serve")
 
-ENCODER_INFO_TIMEOUT_S = 600.0
-"""How long a head waits at start for the encoder deployment to answer (it may be loading a large model)."""
+ENCODER_WAIT_S = 600.0
+"""How long a head waits at start for an encoder replica with its fingerprint (loading a large model, or a rollout
+where old encoder replicas still answer, takes a while)."""
 
 
 def head_deployment_name(task: str) -> str:
@@ -40,15 +43,13 @@ def head_deployment_name(task: str) -> str:
 )
 class TaskHeadDeployment:
     async def __init__(self, checkpoint: str, task: str, encoder: DeploymentHandle | None = None):
+        trained_with = read_manifest(checkpoint).encoder.fingerprint
+        self.head = load_head(checkpoint, task, trained_with)
         if encoder is not None:  # the encoder that will feed us, live
-            info = await asyncio.wait_for(encoder.info.remote(), ENCODER_INFO_TIMEOUT_S)
-            encoder_fingerprint = info["fingerprint"]
-        else:  # standalone use: trust the checkpoint's own encoder record
-            encoder_fingerprint = read_manifest(checkpoint).encoder.fingerprint
-        self.head = load_head(checkpoint, task, encoder_fingerprint)  # raises EncoderMismatchError
+            await _wait_for_encoder(encoder, trained_with, task)
         self.task = task
         self.labels = list(self.head.task.labels)
-        self.fingerprint = encoder_fingerprint
+        self.fingerprint = trained_with
         self.settings = HeadSettings()
         self.metrics = HeadMetrics(task)
         self.calls = 0
@@ -96,3 +97,22 @@ class TaskHeadDeployment:
             probs = self.head.probabilities(torch.zeros(1, self.head.net[0].in_features))
         if not torch.isfinite(probs).all() or abs(float(probs.sum()) - 1.0) > 1e-3:
             raise RuntimeError(f"Head {self.task!r} gives invalid probabilities: {probs.tolist()}")
+
+
+async def _wait_for_encoder(encoder: DeploymentHandle, trained_with: str, task: str) -> None:
+    """Return once the encoder deployment answers with the fingerprint the head was trained with; raise
+    EncoderMismatchError if it still answers with another one after ENCODER_WAIT_S."""
+    deadline = time.monotonic() + ENCODER_WAIT_S
+    while True:
+        remaining = deadline - time.monotonic()
+        info = await asyncio.wait_for(encoder.info.remote(), max(remaining, 1.0))
+        if info["fingerprint"] == trained_with:
+            return
+        if remaining <= 0:
+            raise EncoderMismatchError(
+                f"Head {task!r} was trained against encoder fingerprint {trained_with}, but the Encoder deployment "
+                f"runs {info['encoder']!r} with fingerprint {info['fingerprint']}. Deploy the encoder and heads of "
+                "the same checkpoint."
+            )
+        logger.warning(f"Head {task!r}: encoder answers fingerprint {info['fingerprint']}, want {trained_with}; waiting")
+        await asyncio.sleep(2.0)

@@ -1,9 +1,14 @@
 """Call the classifier from another Ray Serve application (or any Ray driver) through a Python handle.
 
-Start the service first (e.g. `RAY_AUTH_MODE=disabled serve run serve_config.local.yaml`), then, from the
-project root, against that cluster:
+Start the service on a Ray cluster first, then run this against that cluster's address:
 
-    RAY_AUTH_MODE=disabled RAY_ADDRESS=auto python examples/call_from_another_app.py
+    ray start --head                                   # a local cluster that other drivers can join
+    serve run serve_config.local.yaml --non-blocking   # deploys `multitask` onto it
+    RAY_ADDRESS=auto python examples/call_from_another_app.py
+    ray stop
+
+(`RAY_AUTH_MODE=disabled` in the environment for a local cluster without token auth. On a real cluster set
+RAY_ADDRESS to its address, e.g. ray://head:10001 or the GCS address.)
 
 It deploys a tiny application, `digest`, whose replicas reach the classifier by its application name only
 (`serve.get_app_handle("multitask")`), calls it, prints the answers, and deletes `digest` again. The handle
@@ -13,6 +18,8 @@ methods take the same arguments and return the same dicts as the HTTP routes.
 from __future__ import annotations
 
 import json
+import os
+import sys
 
 import ray
 from ray import serve
@@ -42,7 +49,10 @@ class Digest:
 
 
 def main() -> None:
-    ray.init(address="auto", log_to_driver=False)  # the cluster where the classifier runs (RAY_ADDRESS)
+    address = os.environ.get("RAY_ADDRESS")
+    if not address:  # never guess: "auto" on a shared machine may find somebody else's cluster
+        sys.exit("Set RAY_ADDRESS to the cluster that runs the classifier (see the docstring).")
+    ray.init(address=address, log_to_driver=False)
     headlines = ["Shares tumble as the central bank raises rates.", "What a fantastic final, we won!"]
 
     # 1. from a driver: the application handle directly

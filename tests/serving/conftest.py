@@ -1,8 +1,8 @@
 """The real serving graph, deployed once for every test in tests/serving/ and torn down after them.
 
-A local Ray (no dashboard, token auth off), Serve's HTTP proxy on a free port of 127.0.0.1, the graph of
-`graph.build_app` on a temporary checkpoint: the real embedded encoder with seeded, untrained heads (so the tests
-do not depend on training), plus evaluation metrics to report.
+A local Ray (no dashboard, token auth off), Serve's HTTP proxy on a free port of 127.0.0.1, and the application
+of serve_config.local.yaml (every deployment option of the file) on a temporary checkpoint: the real embedded
+encoder with seeded, untrained heads (so the tests do not depend on training), plus evaluation metrics to report.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from multitask.checkpoint import load_model, save_checkpoint
 from multitask.model import MultiTaskModel
 
 from .helpers import APP_NAME, METRICS, free_port
+
+LOCAL_CONFIG = Path(__file__).resolve().parents[2] / "serve_config.local.yaml"
 
 
 @pytest.fixture(scope="session")
@@ -52,15 +54,17 @@ def service(checkpoint_dir: Path) -> Service:
     import ray
     from ray import serve
 
-    from graph import GraphArgs, build_app
+    from graph import app_from_config
 
     os.environ["RAY_AUTH_MODE"] = "disabled"  # Ray >= 2.5x enables token auth by default
     assert not ray.is_initialized(), "tests/serving needs its own Ray; another test left one running"
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    # the local config asks for 1.75 CPUs; one more leaves room for the second application of the handle tests
+    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
     try:
         port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app(GraphArgs(checkpoint=str(checkpoint_dir))), name=APP_NAME, route_prefix="/")
+        app, http_options = app_from_config(LOCAL_CONFIG, checkpoint=str(checkpoint_dir))
+        serve.start(http_options={**http_options, "host": "127.0.0.1", "port": port})
+        serve.run(app, name=APP_NAME, route_prefix="/")
         service = Service(f"http://127.0.0.1:{port}", checkpoint_dir, ray.get_runtime_context().gcs_address)
         deadline = time.monotonic() + 60
         while service.get("/healthz").status_code != 200:  # serve.run returns once replicas run; be sure

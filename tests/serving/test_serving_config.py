@@ -75,6 +75,19 @@ def test_local_config_fits_two_cpus_with_the_embedded_default():
     assert graph.GraphArgs.model_validate(application["args"]).checkpoint == str(ROOT / "checkpoints" / "default")
 
 
+def test_config_options_for_unknown_deployments_are_refused(tmp_path, minilm_model):
+    from multitask.checkpoint import save_checkpoint
+
+    save_checkpoint(minilm_model, tmp_path / "ckpt")
+    config = load("serve_config.local.yaml")
+    config["applications"][0]["deployments"][0]["name"] = "WeatherHead"
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(ValueError, match="WeatherHead"):
+        graph.app_from_config(tmp_path / "bad.yaml", checkpoint=str(tmp_path / "ckpt"))
+    app, http_options = graph.app_from_config(ROOT / "serve_config.local.yaml", checkpoint=str(tmp_path / "ckpt"))
+    assert http_options["host"] == "127.0.0.1" and http_options["port"] == 8000
+
+
 def test_graph_args_refuse_unknown_fields_and_devices():
     with pytest.raises(ValueError):
         graph.GraphArgs.model_validate({"checkpoint": "x", "gpu": True})

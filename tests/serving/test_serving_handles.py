@@ -49,6 +49,14 @@ def _round(value, digits: int = 5):
     return value
 
 
+def test_the_local_config_reaches_the_replicas(service):
+    info = serve.get_deployment_handle("Encoder", app_name=APP_NAME).info.remote().result()
+    assert (info["device"], info["dtype"]) == ("cpu", "float32")
+    assert info["settings"] == {"max_batch_size": 32, "batch_wait_timeout_s": 0.005, "torch_threads": 2}
+    assert info["torch_threads"] == 2  # set from user_config, although Ray set OMP_NUM_THREADS=1
+    assert info["fingerprint"] == serve.get_app_handle(APP_NAME).tasks.remote().result()["model"]["fingerprint"]
+
+
 def test_handle_predict_returns_the_http_shape(service, ingress):
     texts = sample_texts(4)
     by_handle = ingress.predict.remote(texts, tasks=["topic", "sentiment"], return_embeddings=True).result()
@@ -126,3 +134,14 @@ def test_the_documented_example_script_runs_against_the_cluster(service):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "sentiment" in done.stdout and "dimension 1024" in done.stdout, done.stdout
+
+
+def test_a_head_refuses_embeddings_from_another_encoder(service):
+    from deployments.schemas import EncodedTexts
+    from multitask.errors import EncoderMismatchError
+
+    head = serve.get_deployment_handle("TopicHead", app_name=APP_NAME)
+    foreign = EncodedTexts(np.zeros((2, 1024), np.float32), [False, False], fingerprint="0123456789abcdef")
+    with pytest.raises(EncoderMismatchError, match="0123456789abcdef"):
+        head.classify.remote(foreign).result()
+    assert head.ping.remote().result() == "ok"
