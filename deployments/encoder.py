@@ -17,45 +17,10 @@ import torch
 from ray import serve
 
 from deployments.metrics import EncoderMetrics
+from deployments.runtime import EncoderRuntime
 from deployments.schemas import EncodedTexts, EncoderSettings
-from multitask.checkpoint import load_encoder
-from multitask.encoder import SentenceEncoder
 
 logger = logging.getLogger("ray.serve")
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def pick_device(device: str) -> torch.device:
-    """`auto` = the GPU Ray gave this replica if any, else CPU."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' but no GPU is visible to this replica; set num_gpus: 1 in its config.")
-    return torch.device(device)
-
-
-def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """`auto` = bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU."""
-    if dtype != "auto":
-        return DTYPES[dtype]
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
-
-
-def truncated_flags(encoder: SentenceEncoder, texts: list[str], attention_mask: torch.Tensor) -> list[bool]:
-    """Which texts were cut to `encoder.max_length` tokens. Only texts that fill the window are re-tokenized."""
-    full = (attention_mask.sum(dim=1) >= encoder.max_length).tolist()  # (batch,) filled the window
-    flags = [False] * len(texts)
-    candidates = [i for i, filled in enumerate(full) if filled]
-    if candidates:
-        lengths = encoder.tokenizer(
-            [texts[i] for i in candidates], truncation=True, max_length=encoder.max_length + 1
-        )["input_ids"]
-        for i, ids in zip(candidates, lengths):
-            flags[i] = len(ids) > encoder.max_length
-    return flags
 
 
 @serve.deployment(
@@ -67,17 +32,15 @@ def truncated_flags(encoder: SentenceEncoder, texts: list[str], attention_mask: 
 )
 class Encoder:
     def __init__(self, checkpoint: str, device: str = "auto", dtype: str = "auto"):
-        self.device = pick_device(device)
-        self.dtype = pick_dtype(dtype, self.device)
-        self.encoder = load_encoder(checkpoint, self.device).to(self.dtype).eval()
-        self.fingerprint = self.encoder.fingerprint
+        self.runtime = EncoderRuntime.load(checkpoint, device, dtype)
+        self.fingerprint = self.runtime.fingerprint
         self.metrics = EncoderMetrics()
         self.settings = EncoderSettings()
         self._broken: str | None = None  # set when the device fails; check_health then restarts the replica
         self._batches = 0
         self._texts = 0
         self._largest_batch = 0
-        logger.info(f"Encoder {self.encoder.config.encoder} on {self.device} ({self.dtype}), fp {self.fingerprint}")
+        logger.info(f"Encoder ready: {self.runtime.describe()}")
 
     def reconfigure(self, user_config: dict) -> None:
         self.settings = EncoderSettings.model_validate(user_config or {})
@@ -89,7 +52,7 @@ class Encoder:
     async def encode(self, texts: list[str]) -> EncodedTexts:
         """Texts -> their embeddings (n, embedding_dim) float32, in order, and which were truncated."""
         rows = await asyncio.gather(*(self._encode_batch(text) for text in texts))
-        embeddings = np.stack([row[0] for row in rows]) if rows else np.zeros((0, self.dimension), np.float32)
+        embeddings = np.stack([row[0] for row in rows]) if rows else np.zeros((0, self.runtime.dimension), np.float32)
         return EncodedTexts(embeddings, [row[1] for row in rows], self.fingerprint)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
@@ -108,39 +71,19 @@ class Encoder:
 
     def _forward(self, texts: list[str]) -> tuple[np.ndarray, list[bool]]:
         """The blocking part, run in a worker thread: (batch,) texts -> (batch, embedding_dim) float32."""
-        threads = self.settings.torch_threads
-        if threads and torch.get_num_threads() != threads:  # with OpenMP the setting is per thread: set it here
-            torch.set_num_threads(threads)
-        batch = self.encoder.tokenize(texts)
-        truncated = truncated_flags(self.encoder, texts, batch["attention_mask"])
         try:
-            with torch.inference_mode():
-                embeddings = self.encoder(**{k: v.to(self.device) for k, v in batch.items()})
+            return self.runtime.forward(texts, threads=self.settings.torch_threads)
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()  # one oversized batch; the replica stays usable
             raise
         except RuntimeError as exc:
-            if self.device.type == "cuda":
+            if self.runtime.device.type == "cuda":  # a CUDA error leaves the context unusable: restart the replica
                 self._broken = f"{type(exc).__name__}: {exc}"
             raise
-        return embeddings.float().cpu().numpy(), truncated
-
-    @property
-    def dimension(self) -> int:
-        return int(self.encoder.config.embedding_dim)
 
     def info(self) -> dict:
         """Identity and settings of this replica (the heads compare `fingerprint` at start)."""
-        return {
-            "encoder": self.encoder.config.encoder,
-            "fingerprint": self.fingerprint,
-            "device": str(self.device),
-            "dtype": str(self.dtype).removeprefix("torch."),
-            "max_length": self.encoder.max_length,
-            "dimension": self.dimension,
-            "settings": self.settings.model_dump(),
-            "torch_threads": torch.get_num_threads(),
-        }
+        return {**self.runtime.describe(), "settings": self.settings.model_dump(), "torch_threads": torch.get_num_threads()}
 
     def stats(self) -> dict:
         """This replica's counters since it started (tests use them to see batching at work)."""

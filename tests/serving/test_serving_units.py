@@ -9,7 +9,7 @@ import torch
 from ray.exceptions import RayTaskError
 from ray.serve.exceptions import BackPressureError
 
-from deployments.encoder import pick_dtype, truncated_flags
+from deployments.runtime import EncoderRuntime, pick_dtype, truncated_flags
 from deployments.errors import STATUS_CODES, ErrorKind, ServiceError, describe_errors, error_response, to_service_error
 from multitask.errors import EncoderMismatchError
 
@@ -78,3 +78,14 @@ def test_truncated_flags_mark_only_texts_over_the_token_limit(minilm_encoder):
 def test_dtype_auto_is_fp32_on_cpu_and_explicit_choices_win():
     assert pick_dtype("auto", torch.device("cpu")) is torch.float32
     assert pick_dtype("bfloat16", torch.device("cpu")) is torch.bfloat16
+
+
+def test_runtime_forward_matches_the_in_process_model(checkpoint_dir, reference_model):
+    texts = ["A short one.", "Markets rallied after the vote. " * 40]
+    runtime = EncoderRuntime.load(checkpoint_dir, device="cpu", dtype="auto")
+    embeddings, truncated = runtime.forward(texts)
+    assert embeddings.dtype == "float32" and embeddings.shape == (2, 1024) and truncated == [False, True]
+    with torch.inference_mode():
+        expected = reference_model.encoder(**reference_model.encoder.tokenize(texts)).numpy()
+    assert abs(embeddings - expected).max() < 1e-4
+    assert runtime.describe()["fingerprint"] == reference_model.encoder.fingerprint

@@ -1,0 +1,98 @@
+"""The encoder's inference logic, free of Ray: device and dtype choice, one batched forward pass, truncation flags.
+
+`deployments/encoder.py` wraps `EncoderRuntime` with Serve's batching, configuration and metrics; tests and the GPU
+check use it directly.
+
+    runtime = EncoderRuntime.load("checkpoints/default", device="auto", dtype="auto")
+    embeddings, truncated = runtime.forward(["a sentence", "another"])   # (2, 1024) float32, [False, False]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from multitask.checkpoint import load_encoder
+from multitask.encoder import SentenceEncoder
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def pick_device(device: str) -> torch.device:
+    """`auto` = the GPU Ray gave this process if any, else CPU."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' but no GPU is visible to this replica; set num_gpus: 1 in its config.")
+    return torch.device(device)
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """`auto` = bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU."""
+    if dtype != "auto":
+        return DTYPES[dtype]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def truncated_flags(encoder: SentenceEncoder, texts: list[str], attention_mask: torch.Tensor) -> list[bool]:
+    """Which texts were cut to `encoder.max_length` tokens. Only texts that fill the window are re-tokenized."""
+    full = (attention_mask.sum(dim=1) >= encoder.max_length).tolist()  # (batch,) filled the window
+    flags = [False] * len(texts)
+    candidates = [i for i, filled in enumerate(full) if filled]
+    if candidates:
+        lengths = encoder.tokenizer(
+            [texts[i] for i in candidates], truncation=True, max_length=encoder.max_length + 1
+        )["input_ids"]
+        for i, ids in zip(candidates, lengths):
+            flags[i] = len(ids) > encoder.max_length
+    return flags
+
+
+class EncoderRuntime:
+    """A checkpoint's encoder on one device and dtype, turning texts into float32 numpy embeddings."""
+
+    def __init__(self, encoder: SentenceEncoder, device: torch.device, dtype: torch.dtype):
+        self.encoder = encoder.to(device=device, dtype=dtype).eval()
+        self.device = device
+        self.dtype = dtype
+
+    @classmethod
+    def load(cls, checkpoint: str | Path, device: str = "auto", dtype: str = "auto") -> "EncoderRuntime":
+        """Base transformer + the checkpoint's fine-tuned weights + projection, loaded once."""
+        chosen = pick_device(device)
+        return cls(load_encoder(checkpoint, chosen), chosen, pick_dtype(dtype, chosen))
+
+    @property
+    def fingerprint(self) -> str:
+        return self.encoder.fingerprint
+
+    @property
+    def dimension(self) -> int:
+        return int(self.encoder.config.embedding_dim)
+
+    def forward(self, texts: list[str], threads: int = 0) -> tuple[np.ndarray, list[bool]]:
+        """(batch,) texts -> (batch, embedding_dim) float32 embeddings and per-text truncation flags. Blocking.
+
+        `threads` > 0 sets torch's intra-op threads for the calling thread first (with OpenMP the setting is per
+        thread, and Serve runs this in a worker thread)."""
+        if threads and torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        batch = self.encoder.tokenize(texts)  # input_ids, attention_mask: (batch, seq)
+        truncated = truncated_flags(self.encoder, texts, batch["attention_mask"])
+        with torch.inference_mode():
+            embeddings = self.encoder(**{k: v.to(self.device) for k, v in batch.items()})  # (batch, embedding_dim)
+        return embeddings.float().cpu().numpy(), truncated
+
+    def describe(self) -> dict:
+        return {
+            "encoder": self.encoder.config.encoder,
+            "fingerprint": self.fingerprint,
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "max_length": self.encoder.max_length,
+            "dimension": self.dimension,
+        }
