@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from enum import Enum
+from typing import Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -125,8 +126,14 @@ _HTTP_KINDS = {
 }
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Make every error leaving `app` take the one JSON shape."""
+def install_error_handlers(app: FastAPI, record: Callable[[ErrorKind], None] | None = None) -> None:
+    """Make every error leaving `app` take the one JSON shape. `record(kind)` is called for the errors that
+    arise in the HTTP layer itself (schema, body, routing, unexpected); `ServiceError`s are counted where raised."""
+
+    def answer(kind: ErrorKind, message: str) -> JSONResponse:
+        if record is not None:
+            record(kind)
+        return error_response(kind, message)
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
@@ -134,16 +141,16 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(*describe_errors(exc.errors()))
+        return answer(*describe_errors(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = _HTTP_KINDS.get(exc.status_code)
         if kind is None:
             kind = ErrorKind.validation_error if exc.status_code < 500 else ErrorKind.internal_error
-        return error_response(kind, str(exc.detail))
+        return answer(kind, str(exc.detail))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         error = to_service_error(exc)
-        return error_response(error.kind, error.message)
+        return answer(error.kind, error.message)

@@ -57,9 +57,10 @@ class JsonBodyGuard:
     """Every body is JSON, whatever its Content-Type says (`curl -d` sends form-urlencoded), and bodies over
     `max_bytes()` are refused with 413: by Content-Length up front, else while the body streams in."""
 
-    def __init__(self, app: ASGIApp, max_bytes: Callable[[], int]):
+    def __init__(self, app: ASGIApp, max_bytes: Callable[[], int], on_reject: Callable[[ErrorKind], None]):
         self.app = app
         self.max_bytes = max_bytes
+        self.on_reject = on_reject
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -69,6 +70,7 @@ class JsonBodyGuard:
         headers = [(k, v) for k, v in scope.get("headers") or [] if k != b"content-type"]
         length = dict(headers).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
+            self.on_reject(ErrorKind.body_too_large)
             return await error_response(ErrorKind.body_too_large, message)(scope, receive, send)
         scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
         received = 0
@@ -93,8 +95,10 @@ def create_app(service: "Ingress") -> FastAPI:
         '`{"error": str, "error_type": str}`; 503 responses carry `Retry-After`.',
         redoc_url=None,
     )
-    install_error_handlers(app)
-    app.add_middleware(JsonBodyGuard, max_bytes=lambda: service.limits.max_body_bytes)
+    install_error_handlers(app, record=service.count_http_error)
+    app.add_middleware(
+        JsonBodyGuard, max_bytes=lambda: service.limits.max_body_bytes, on_reject=service.count_http_error
+    )
 
     @app.post(
         "/v1/predict",

@@ -120,6 +120,16 @@ class Ingress:
             raise ServiceError(ErrorKind.unavailable, f"Deployments not answering: {', '.join(failing)}.")
         return {"status": "ok", "deployments": status}
 
+    def count_http_error(self, kind: ErrorKind) -> None:
+        """Errors of the HTTP layer (schema, body size, routing), which never reach the methods above. The
+        endpoint tag is fixed ("http"), not the path, so that random URLs cannot grow the number of series."""
+        self.metrics.errors.inc(tags={"error_type": kind.value})
+        self.metrics.requests.inc(tags={"endpoint": "http", "status": kind.value})
+
+    def check_health(self) -> None:
+        """Nothing of its own can break; it does not ping the other deployments here, so that one slow encoder
+        does not get every ingress replica restarted (GET /healthz reports them instead)."""
+
     # --- internals ---------------------------------------------------------------------------------------------
     async def _predict(self, texts: list[str], tasks: list[str], return_embeddings: bool) -> list[dict]:
         # one encoder pass per text, whatever the number of heads; the embeddings come back here (the ingress needs

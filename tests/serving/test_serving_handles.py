@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -145,3 +146,31 @@ def test_a_head_refuses_embeddings_from_another_encoder(service):
     with pytest.raises(EncoderMismatchError, match="0123456789abcdef"):
         head.classify.remote(foreign).result()
     assert head.ping.remote().result() == "ok"
+
+
+def test_custom_metrics_reach_the_prometheus_endpoint(service):
+    import requests
+
+    assert service.post("/v1/predict", json={"texts": ["Metrics, please.", "And again."]}).status_code == 200
+    assert service.post("/v1/predict", json={"texts": []}).status_code == 422  # refused by the HTTP layer
+    port = ray.nodes()[0]["MetricsExportPort"]
+    wanted = [
+        'ray_multitask_encoder_batch_size_count{',
+        'ray_multitask_encoder_texts_total{',
+        'ray_multitask_predicted_labels_total{',
+        'ray_multitask_confidence_bucket{',
+        'ray_multitask_head_texts_total{',
+        'ray_multitask_task_texts_total{',
+        'ray_multitask_request_latency_ms_bucket{',
+        'error_type="validation_error"',
+    ]
+    deadline = time.monotonic() + 60  # replicas push metrics every few seconds
+    while True:
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        missing = [name for name in wanted if name not in text]
+        if not missing:
+            break
+        assert time.monotonic() < deadline, f"not exported: {missing}"
+        time.sleep(2)
+    labels = [line for line in text.splitlines() if line.startswith("ray_multitask_predicted_labels_total{")]
+    assert any('task="topic"' in line for line in labels) and any('task="sentiment"' in line for line in labels)
