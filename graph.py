@@ -9,8 +9,9 @@ give it its own entry in the config files.
 """
 
 # no `from __future__ import annotations`: Serve reads build_app's annotation to validate `args` into GraphArgs
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -68,12 +69,16 @@ def bind_graph(args: GraphArgs, options: Mapping[str, Mapping[str, Any]] | None 
     options = {name: {k: v for k, v in opts.items() if k != "name"} for name, opts in (options or {}).items()}
     unknown = set(options) - set(deployment_names(manifest.model.task_names))
     if unknown:
-        raise ValueError(f"No deployment {sorted(unknown)} in the graph. Available: {deployment_names(manifest.model.task_names)}")
+        raise ValueError(
+            f"No deployment {sorted(unknown)} in the graph. Available: {deployment_names(manifest.model.task_names)}"
+        )
     encoder = Encoder.options(**options.get(Encoder.name, {})).bind(args.checkpoint, args.device, args.dtype)
     heads = {}
     for task in manifest.model.task_names:
         name = head_deployment_name(task)
-        heads[task] = TaskHeadDeployment.options(name=name, **options.get(name, {})).bind(args.checkpoint, task, encoder)
+        heads[task] = TaskHeadDeployment.options(name=name, **options.get(name, {})).bind(
+            args.checkpoint, task, encoder
+        )
     return Ingress.options(**options.get(Ingress.name, {})).bind(args.checkpoint, encoder, heads)
 
 

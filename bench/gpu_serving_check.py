@@ -24,11 +24,11 @@ import torch
 from transformers import BertConfig, BertModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from deployments.runtime import EncoderRuntime  # noqa: E402
-from multitask.checkpoint import load_head, save_checkpoint  # noqa: E402
-from multitask.config import DEFAULT_TASKS, ModelConfig  # noqa: E402
-from multitask.encoder import SentenceEncoder  # noqa: E402
-from multitask.model import MultiTaskModel  # noqa: E402
+from deployments.runtime import EncoderRuntime
+from multitask.checkpoint import load_head, save_checkpoint
+from multitask.config import DEFAULT_TASKS, ModelConfig
+from multitask.encoder import SentenceEncoder
+from multitask.model import MultiTaskModel
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 SENTENCES = [
@@ -52,8 +52,13 @@ def tokenizer_dir(explicit: str | None) -> Path:
 def make_checkpoint(root: Path, layers: int, tokenizer: Path) -> Path:
     torch.manual_seed(0)
     config = BertConfig(
-        vocab_size=30522, hidden_size=1024, num_hidden_layers=layers, num_attention_heads=16,
-        intermediate_size=4096, max_position_embeddings=512, type_vocab_size=2,
+        vocab_size=30522,
+        hidden_size=1024,
+        num_hidden_layers=layers,
+        num_attention_heads=16,
+        intermediate_size=4096,
+        max_position_embeddings=512,
+        type_vocab_size=2,
     )
     encoder_dir = root / "bge-large-shaped"
     BertModel(config, add_pooling_layer=False).save_pretrained(encoder_dir, safe_serialization=True)
@@ -110,7 +115,13 @@ def throughput(runtime: EncoderRuntime, texts: list[str], batch_sizes: list[int]
             runtime.forward(batch)  # includes tokenization and the copy back to numpy, as served
             calls += 1
         elapsed = time.perf_counter() - start
-        rows.append({"batch": size, "ms_per_batch": round(1000 * elapsed / calls, 2), "texts_per_s": round(calls * size / elapsed, 1)})
+        rows.append(
+            {
+                "batch": size,
+                "ms_per_batch": round(1000 * elapsed / calls, 2),
+                "texts_per_s": round(calls * size / elapsed, 1),
+            }
+        )
     return rows
 
 

@@ -67,10 +67,12 @@ async def run_load(url: str, texts: list[str], concurrency: int, duration: float
         out = {"latencies": [], "texts": 0, "errors": {}}
         start = time.perf_counter()
         stop_at = start + duration
-        await asyncio.gather(*(client(session, url, texts, per_request, stop_at, 100 + i, out) for i in range(concurrency)))
+        await asyncio.gather(
+            *(client(session, url, texts, per_request, stop_at, 100 + i, out) for i in range(concurrency))
+        )
         wall = time.perf_counter() - start
     latencies = sorted(out["latencies"])
-    pct = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies else None  # noqa: E731
+    pct = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies else None
     return {
         "concurrency": concurrency,
         "texts_per_request": per_request,

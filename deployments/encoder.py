@@ -83,7 +83,11 @@ class Encoder:
 
     def info(self) -> dict:
         """Identity and settings of this replica (the heads compare `fingerprint` at start)."""
-        return {**self.runtime.describe(), "settings": self.settings.model_dump(), "torch_threads": torch.get_num_threads()}
+        return {
+            **self.runtime.describe(),
+            "settings": self.settings.model_dump(),
+            "torch_threads": torch.get_num_threads(),
+        }
 
     def stats(self) -> dict:
         """This replica's counters since it started (tests use them to see batching at work)."""

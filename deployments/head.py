@@ -114,5 +114,7 @@ async def _wait_for_encoder(encoder: DeploymentHandle, trained_with: str, task: 
                 f"runs {info['encoder']!r} with fingerprint {info['fingerprint']}. Deploy the encoder and heads of "
                 "the same checkpoint."
             )
-        logger.warning(f"Head {task!r}: encoder answers fingerprint {info['fingerprint']}, want {trained_with}; waiting")
+        logger.warning(
+            f"Head {task!r}: encoder answers fingerprint {info['fingerprint']}, want {trained_with}; waiting"
+        )
         await asyncio.sleep(2.0)

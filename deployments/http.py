@@ -7,7 +7,8 @@ Python handle callers use, so HTTP and handles return the same shapes.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
@@ -87,7 +88,7 @@ class JsonBodyGuard:
         await self.app(scope, counting_receive, send)
 
 
-def create_app(service: "Ingress") -> FastAPI:
+def create_app(service: Ingress) -> FastAPI:
     app = FastAPI(
         title=API_TITLE,
         version=API_VERSION,
@@ -143,4 +144,4 @@ def create_app(service: "Ingress") -> FastAPI:
     return app
 
 
-__all__ = ["create_app", "JsonBodyGuard"]
+__all__ = ["JsonBodyGuard", "create_app"]

@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from fastapi import FastAPI
@@ -64,9 +64,7 @@ class Ingress:
         return create_app(self)
 
     # --- the API, for HTTP routes and handle callers alike ----------------------------------------------------
-    async def predict(
-        self, texts: list[str], tasks: list[str] | None = None, return_embeddings: bool = False
-    ) -> dict:
+    async def predict(self, texts: list[str], tasks: list[str] | None = None, return_embeddings: bool = False) -> dict:
         """`POST /v1/predict`: one result per text, in order, with only the asked tasks."""
         with self._observe("predict"):
             request = _validate(PredictRequest, texts=texts, tasks=tasks, return_embeddings=return_embeddings)
@@ -114,7 +112,9 @@ class Ingress:
             *(asyncio.wait_for(_ping(handle), self.limits.health_timeout_s) for handle in handles),
             return_exceptions=True,
         )
-        status = {handle.deployment_name: "ok" if answer == "ok" else repr(answer) for handle, answer in zip(handles, answers)}
+        status = {
+            handle.deployment_name: "ok" if answer == "ok" else repr(answer) for handle, answer in zip(handles, answers)
+        }
         failing = [name for name, state in status.items() if state != "ok"]
         if failing:
             raise ServiceError(ErrorKind.unavailable, f"Deployments not answering: {', '.join(failing)}.")

@@ -44,9 +44,9 @@ def truncated_flags(encoder: SentenceEncoder, texts: list[str], attention_mask: 
     flags = [False] * len(texts)
     candidates = [i for i, filled in enumerate(full) if filled]
     if candidates:
-        lengths = encoder.tokenizer(
-            [texts[i] for i in candidates], truncation=True, max_length=encoder.max_length + 1
-        )["input_ids"]
+        lengths = encoder.tokenizer([texts[i] for i in candidates], truncation=True, max_length=encoder.max_length + 1)[
+            "input_ids"
+        ]
         for i, ids in zip(candidates, lengths):
             flags[i] = len(ids) > encoder.max_length
     return flags
@@ -61,7 +61,7 @@ class EncoderRuntime:
         self.dtype = dtype
 
     @classmethod
-    def load(cls, checkpoint: str | Path, device: str = "auto", dtype: str = "auto") -> "EncoderRuntime":
+    def load(cls, checkpoint: str | Path, device: str = "auto", dtype: str = "auto") -> EncoderRuntime:
         """Base transformer + the checkpoint's fine-tuned weights + projection, loaded once."""
         chosen = pick_device(device)
         return cls(load_encoder(checkpoint, chosen), chosen, pick_dtype(dtype, chosen))

@@ -108,7 +108,9 @@ class ErrorResponse(BaseModel):
     """Every error the service returns."""
 
     error: str = Field(description="What went wrong, for a human.")
-    error_type: str = Field(description="The error kind, for code: see deployments/errors.py.", examples=["unknown_task"])
+    error_type: str = Field(
+        description="The error kind, for code: see deployments/errors.py.", examples=["unknown_task"]
+    )
 
 
 # --- runtime knobs (user_config) ----------------------------------------------------------------------------------

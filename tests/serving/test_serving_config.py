@@ -84,7 +84,7 @@ def test_config_options_for_unknown_deployments_are_refused(tmp_path, minilm_mod
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
     with pytest.raises(ValueError, match="WeatherHead"):
         graph.app_from_config(tmp_path / "bad.yaml", checkpoint=str(tmp_path / "ckpt"))
-    app, http_options = graph.app_from_config(ROOT / "serve_config.local.yaml", checkpoint=str(tmp_path / "ckpt"))
+    _, http_options = graph.app_from_config(ROOT / "serve_config.local.yaml", checkpoint=str(tmp_path / "ckpt"))
     assert http_options["host"] == "127.0.0.1" and http_options["port"] == 8000
 
 

@@ -46,7 +46,10 @@ def test_results_follow_input_order(service, reference_model):
 
 def test_predict_one_task_returns_only_that_task(service, reference_model):
     texts = sample_texts(3)
-    for path, body in (("/v1/predict", {"texts": texts, "tasks": ["sentiment"]}), ("/v1/predict/sentiment", {"texts": texts})):
+    for path, body in (
+        ("/v1/predict", {"texts": texts, "tasks": ["sentiment"]}),
+        ("/v1/predict/sentiment", {"texts": texts}),
+    ):
         response = service.post(path, json=body)
         assert response.status_code == 200, response.text
         results = response.json()["results"]
@@ -57,7 +60,9 @@ def test_predict_one_task_returns_only_that_task(service, reference_model):
 
 
 def test_tasks_come_back_in_the_asked_order_without_duplicates(service):
-    response = service.post("/v1/predict", json={"texts": ["Rain again."], "tasks": ["sentiment", "topic", "sentiment"]})
+    response = service.post(
+        "/v1/predict", json={"texts": ["Rain again."], "tasks": ["sentiment", "topic", "sentiment"]}
+    )
     assert response.status_code == 200, response.text
     assert list(response.json()["results"][0]) == ["sentiment", "topic", "truncated"]
 
@@ -140,7 +145,9 @@ ERROR_CASES = [
 
 @pytest.mark.parametrize("name, path, body, status, error_type", ERROR_CASES, ids=[case[0] for case in ERROR_CASES])
 def test_client_errors_have_the_json_error_shape(service, name, path, body, status, error_type):
-    response = service.post(path, data=body.encode("utf-8", "surrogateescape"), headers={"content-type": "application/json"})
+    response = service.post(
+        path, data=body.encode("utf-8", "surrogateescape"), headers={"content-type": "application/json"}
+    )
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")
     assert set(response.json()) == {"error", "error_type"}

@@ -9,8 +9,8 @@ import torch
 from ray.exceptions import RayTaskError
 from ray.serve.exceptions import BackPressureError
 
-from deployments.runtime import EncoderRuntime, pick_dtype, truncated_flags
 from deployments.errors import STATUS_CODES, ErrorKind, ServiceError, describe_errors, error_response, to_service_error
+from deployments.runtime import EncoderRuntime, pick_dtype, truncated_flags
 from multitask.errors import EncoderMismatchError
 
 
@@ -32,7 +32,7 @@ def _as_replica_error(exc: Exception) -> Exception:
     """What a handle caller sees when a replica raised `exc`."""
     try:
         raise exc
-    except Exception as raised:
+    except type(exc) as raised:
         return RayTaskError("classify", "traceback", raised).as_instanceof_cause()
 
 
@@ -59,7 +59,9 @@ def test_service_error_survives_pickling_for_handle_callers():
 
 
 def test_validation_errors_become_one_message_and_bad_json_a_400():
-    kind, message = describe_errors([{"type": "list_type", "loc": ("body", "texts"), "msg": "Input should be a valid list"}])
+    kind, message = describe_errors(
+        [{"type": "list_type", "loc": ("body", "texts"), "msg": "Input should be a valid list"}]
+    )
     assert kind is ErrorKind.validation_error and message == "texts: Input should be a valid list"
     assert describe_errors([{"type": "json_invalid", "loc": ("body", 3), "msg": "JSON decode error"}])[0] is (
         ErrorKind.malformed_json
