@@ -58,7 +58,10 @@ class TrainingSettings(BaseModel):
     seed: int = 13
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     torch_threads: int | None = Field(default=None, gt=0, description="CPU threads; default: torch's choice.")
-    frozen_cache_dir: Path = Field(default=Path(".cache/embeddings"), description="Frozen-mode embedding cache.")
+    frozen_cache_dir: Path = Field(
+        default=Path("~/.cache/multitask/embeddings"),
+        description="Frozen-mode embedding cache; a relative path is relative to the YAML file.",
+    )
 
 
 class TrainConfig(BaseModel):
@@ -87,9 +90,10 @@ class TrainConfig(BaseModel):
         """Make relative data and output paths relative to `base` (the YAML file's folder)."""
 
         def resolve(path: Path | None) -> Path | None:
-            if path is None or path.is_absolute():
-                return path
-            return (base / path).resolve()
+            if path is None:
+                return None
+            path = path.expanduser()
+            return path if path.is_absolute() else (base / path).resolve()
 
         data = {
             task: files.model_copy(

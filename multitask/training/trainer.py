@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -272,13 +273,25 @@ def train(config: TrainConfig, context: WorkerContext | None = None, progress: b
             config.output_dir,
             finetune=mode,
             lora=settings.lora if mode is FinetuneMode.lora else None,
-            training=config.model_dump(mode="json", exclude={"model"}),
+            training=portable_training_record(config),
             metrics=_summary(metrics),
             calibration=calibration,
         )
         labels = {task.name: task.labels for task in config.model.tasks}
         write_report(config.output_dir / "report", metrics, labels, history, calibration)
     return result
+
+
+def portable_training_record(config: TrainConfig) -> dict:
+    """The training config as stored in the checkpoint: data paths relative to the checkpoint folder, so the
+    record means the same on every machine; machine-local settings (cache folder, output folder) left out."""
+    record = config.model_dump(mode="json", exclude={"model", "output_dir"})
+    record["training"].pop("frozen_cache_dir", None)
+    for files in record["data"].values():
+        for split in ("train", "validation", "test"):
+            if files.get(split):
+                files[split] = os.path.relpath(files[split], config.output_dir)
+    return record
 
 
 def _make_feeds(config, splits, encoder, processor, device, show) -> dict[str, dict[str, TaskFeed]]:
