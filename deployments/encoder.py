@@ -1,9 +1,11 @@
 """The shared encoder deployment: tokenize -> transformer -> mean pool -> projection, with dynamic batching.
 
-Texts from concurrent requests are batched together (`@serve.batch`, one text per batch item, so a batch never
-exceeds `max_batch_size` texts). The forward pass runs in a worker thread, so the replica's event loop keeps
-accepting requests and fills the next batch meanwhile. Every text is encoded once per request, whatever the number
-of heads that read its embedding.
+Concurrent `encode` calls are batched together (`@serve.batch`, one call per batch item, counted in texts by
+`batch_size_fn`, so a gathered batch holds at most `max_batch_size` texts unless a single call brings more). The
+gathered texts are tokenized once, sorted by length and run in forward passes of at most `max_batch_size` texts
+and `max_batch_tokens` padded tokens (`EncoderRuntime.forward`), in a worker thread, so the replica's event loop
+keeps accepting requests and fills the next batch meanwhile. Every text is encoded once per request, whatever the
+number of heads that read its embedding.
 """
 
 from __future__ import annotations
@@ -51,28 +53,42 @@ class Encoder:
 
     async def encode(self, texts: list[str]) -> EncodedTexts:
         """Texts -> their embeddings (n, embedding_dim) float32, in order, and which were truncated."""
-        rows = await asyncio.gather(*(self._encode_batch(text) for text in texts))
-        embeddings = np.stack([row[0] for row in rows]) if rows else np.zeros((0, self.runtime.dimension), np.float32)
-        return EncodedTexts(embeddings, [row[1] for row in rows], self.fingerprint)
+        if not texts:
+            return EncodedTexts(np.zeros((0, self.runtime.dimension), np.float32), [], self.fingerprint)
+        embeddings, truncated = await self._encode_batch(list(texts))
+        return EncodedTexts(embeddings, truncated, self.fingerprint)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def _encode_batch(self, texts: list[str]) -> list[tuple[np.ndarray, bool]]:
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, batch_size_fn=lambda calls: sum(map(len, calls)))
+    async def _encode_batch(self, calls: list[list[str]]) -> list[tuple[np.ndarray, list[bool]]]:
+        """Several calls' texts -> one (texts, embedding_dim) array, split back per call."""
+        texts = [text for call in calls for text in call]
         start = time.perf_counter()
         embeddings, truncated = await asyncio.to_thread(self._forward, texts)
-        self._batches += 1
+        passes = -(-len(texts) // self.settings.max_batch_size)
+        self._batches += passes
         self._texts += len(texts)
-        self._largest_batch = max(self._largest_batch, len(texts))
+        self._largest_batch = max(self._largest_batch, min(len(texts), self.settings.max_batch_size))
         self.metrics.batch_size.observe(len(texts))
         self.metrics.batch_latency_ms.observe((time.perf_counter() - start) * 1000)
         self.metrics.texts.inc(len(texts))
         if any(truncated):
             self.metrics.truncated.inc(sum(truncated))
-        return list(zip(embeddings, truncated))
+        out, offset = [], 0
+        for call in calls:
+            out.append((embeddings[offset : offset + len(call)], truncated[offset : offset + len(call)]))
+            offset += len(call)
+        return out
 
     def _forward(self, texts: list[str]) -> tuple[np.ndarray, list[bool]]:
-        """The blocking part, run in a worker thread: (batch,) texts -> (batch, embedding_dim) float32."""
+        """The blocking part, run in a worker thread: (n,) texts -> (n, embedding_dim) float32."""
+        settings = self.settings
         try:
-            return self.runtime.forward(texts, threads=self.settings.torch_threads)
+            return self.runtime.forward(
+                texts,
+                threads=settings.torch_threads,
+                max_batch=settings.max_batch_size,
+                max_tokens=settings.max_batch_tokens,
+            )
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()  # one oversized batch; the replica stays usable
             raise

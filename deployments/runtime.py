@@ -38,9 +38,11 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def truncated_flags(encoder: SentenceEncoder, texts: list[str], attention_mask: torch.Tensor) -> list[bool]:
-    """Which texts were cut to `encoder.max_length` tokens. Only texts that fill the window are re-tokenized."""
-    full = (attention_mask.sum(dim=1) >= encoder.max_length).tolist()  # (batch,) filled the window
+def truncated_flags(encoder: SentenceEncoder, texts: list[str], lengths: torch.Tensor) -> list[bool]:
+    """Which texts were cut to `encoder.max_length` tokens, given each text's token count after truncation (or
+    a (batch, seq) attention mask). Only texts that fill the window are re-tokenized."""
+    counts = lengths.sum(dim=1) if lengths.dim() == 2 else lengths
+    full = (counts >= encoder.max_length).tolist()  # (batch,) filled the window
     flags = [False] * len(texts)
     candidates = [i for i, filled in enumerate(full) if filled]
     if candidates:
@@ -50,6 +52,24 @@ def truncated_flags(encoder: SentenceEncoder, texts: list[str], attention_mask: 
         for i, ids in zip(candidates, lengths):
             flags[i] = len(ids) > encoder.max_length
     return flags
+
+
+def length_batches(lengths: list[int], max_batch: int = 0, max_tokens: int = 0) -> list[list[int]]:
+    """Indices sorted by length, cut into batches of at most `max_batch` items and `max_tokens` padded tokens
+    (batch size x its longest item; 0 = no limit). A single item longer than `max_tokens` gets a batch alone."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:  # ascending: the item added is the batch's longest
+        too_many = max_batch and len(current) >= max_batch
+        too_long = max_tokens and (len(current) + 1) * lengths[i] > max_tokens
+        if current and (too_many or too_long):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
 
 
 class EncoderRuntime:
@@ -74,18 +94,29 @@ class EncoderRuntime:
     def dimension(self) -> int:
         return int(self.encoder.config.embedding_dim)
 
-    def forward(self, texts: list[str], threads: int = 0) -> tuple[np.ndarray, list[bool]]:
-        """(batch,) texts -> (batch, embedding_dim) float32 embeddings and per-text truncation flags. Blocking.
+    def forward(
+        self, texts: list[str], threads: int = 0, max_batch: int = 0, max_tokens: int = 0
+    ) -> tuple[np.ndarray, list[bool]]:
+        """(n,) texts -> (n, embedding_dim) float32 embeddings and per-text truncation flags, in input order. Blocking.
 
+        The texts are tokenized once, sorted by token count and cut into passes of at most `max_batch` texts and
+        `max_tokens` padded tokens (0 = no limit), so that a short text is never padded to a long one's length.
         `threads` > 0 sets torch's intra-op threads for the calling thread first (with OpenMP the setting is per
         thread, and Serve runs this in a worker thread)."""
         if threads and torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
-        batch = self.encoder.tokenize(texts)  # input_ids, attention_mask: (batch, seq)
-        truncated = truncated_flags(self.encoder, texts, batch["attention_mask"])
-        with torch.inference_mode():
-            embeddings = self.encoder(**{k: v.to(self.device) for k, v in batch.items()})  # (batch, embedding_dim)
-        return embeddings.float().cpu().numpy(), truncated
+        encoder, limit = self.encoder, self.encoder.max_length
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        if not texts:
+            return out, []
+        ids = encoder.tokenizer(list(texts), truncation=True, max_length=limit)["input_ids"]  # unpadded
+        truncated = truncated_flags(encoder, texts, torch.tensor([len(row) for row in ids]))
+        for rows in length_batches([len(row) for row in ids], max_batch, max_tokens):
+            batch = encoder.tokenizer.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="pt")
+            with torch.inference_mode():  # input_ids, attention_mask: (batch, seq) -> (batch, embedding_dim)
+                embeddings = encoder(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
+            out[rows] = embeddings.float().cpu().numpy()
+        return out, truncated
 
     def describe(self) -> dict:
         return {

@@ -10,7 +10,7 @@ from ray.exceptions import RayTaskError
 from ray.serve.exceptions import BackPressureError
 
 from deployments.errors import STATUS_CODES, ErrorKind, ServiceError, describe_errors, error_response, to_service_error
-from deployments.runtime import EncoderRuntime, pick_dtype, truncated_flags
+from deployments.runtime import EncoderRuntime, length_batches, pick_dtype, truncated_flags
 from multitask.errors import EncoderMismatchError
 
 
@@ -91,3 +91,19 @@ def test_runtime_forward_matches_the_in_process_model(checkpoint_dir, reference_
         expected = reference_model.encoder(**reference_model.encoder.tokenize(texts)).numpy()
     assert abs(embeddings - expected).max() < 1e-4
     assert runtime.describe()["fingerprint"] == reference_model.encoder.fingerprint
+
+
+def test_length_batches_sort_by_length_and_respect_both_limits():
+    lengths = [30, 5, 12, 7, 100, 6]
+    batches = length_batches(lengths, max_batch=2, max_tokens=40)
+    assert sorted(i for batch in batches for i in batch) == list(range(6))
+    assert [[lengths[i] for i in batch] for batch in batches] == [[5, 6], [7, 12], [30], [100]]
+    assert length_batches(lengths) == [[1, 5, 3, 2, 0, 4]]  # no limits: one pass, shortest first
+
+
+def test_runtime_forward_in_length_sorted_passes_keeps_input_order(checkpoint_dir):
+    texts = ["Markets rallied after the vote. " * 40, "Hi.", "The striker scored twice in the final.", "Ok then."]
+    runtime = EncoderRuntime.load(checkpoint_dir, device="cpu", dtype="auto")
+    whole, whole_truncated = runtime.forward(texts)
+    parts, parts_truncated = runtime.forward(texts, max_batch=2, max_tokens=64)
+    assert abs(whole - parts).max() < 1e-4 and whole_truncated == parts_truncated == [True, False, False, False]
