@@ -1,13 +1,27 @@
 #!/usr/bin/env bash
-# GPU check (issue 4): the bge-large architecture at bf16 and fp16, batch 64 x 128 tokens, through the project's
-# encoder code. Needs an NVIDIA GPU, torch and transformers; no download. Under 5 minutes.
-#   bash bench/gpu_check.sh [OUT_DIR]
-# CPU dry run (shapes and code path only): python bench/gpu_check.py --device cpu --dry-run
+# GPU check (issue 4), one script, under 5 minutes (each step capped; the three together at most 280 s):
+#   1. the bge-large architecture (random weights, no download) at bf16 and fp16, batch 64 x 128 tokens, through the
+#      project's encoder code: tokens/s and achieved TFLOP/s against the card's bf16/fp16 peak (bench/gpu_check.py);
+#   2. the serving encoder path (deployments.runtime.EncoderRuntime, what the Encoder deployment runs): auto picks
+#      cuda + bf16, parity with fp32, texts/s per batch size (bench/gpu_serving_check.py).
+# Needs an NVIDIA GPU, torch and transformers. The Serve graph itself is not run here (see README, Performance).
+#   bash bench/gpu_check.sh [OUT_DIR]          # on the GPU machine; results in OUT_DIR (default bench/results)
+#   bash bench/gpu_check.sh --dry-run [OUT_DIR]   # CPU: same code paths, tiny shapes, results in /tmp by default
 set -euo pipefail
 cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [[ "${1:-}" == "--dry-run" ]]; then
+  out=${2:-/tmp/gpu_check_dry}
+  mkdir -p "$out"
+  "$PY" bench/gpu_check.py --device cpu --dry-run --out "$out/gpu_check_dry.json"
+  "$PY" bench/gpu_serving_check.py --device cpu --layers 2 --texts 32 --seconds 0.5 --out "$out/gpu_serving_check_dry.json"
+  echo "dry run ok: $out"
+  exit 0
+fi
 out=${1:-bench/results}
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv || true
 for dtype in bf16 fp16; do
-  python3 bench/gpu_check.py --device cuda --dtype "$dtype" --out "$out/gpu_check_$dtype.json" ${TOKENIZER_DIR:+--tokenizer-dir "$TOKENIZER_DIR"}
+  timeout 90 "$PY" bench/gpu_check.py --device cuda --dtype "$dtype" --out "$out/gpu_check_$dtype.json" ${TOKENIZER_DIR:+--tokenizer-dir "$TOKENIZER_DIR"}
 done
+timeout 100 "$PY" bench/gpu_serving_check.py --out "$out/gpu_serving_check.json" ${TOKENIZER_DIR:+--tokenizer-dir "$TOKENIZER_DIR"}

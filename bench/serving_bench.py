@@ -51,18 +51,39 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def tree_rss_mb(pid: int, include_root: bool = True) -> float:
+def tree_rss_mb(pid: int, include_root: bool = True) -> dict:
+    """RSS (shared pages counted in every process, as `ps` shows) and PSS (shared pages split between the
+    processes that map them) of a process tree, in MB."""
     import psutil
 
     root = psutil.Process(pid)
     procs = ([root] if include_root else []) + root.children(recursive=True)
-    total = 0
+    rss = pss = 0
+    by_process: dict[str, float] = {}
     for proc in procs:
         try:
-            total += proc.memory_info().rss
+            info = proc.memory_full_info()
+            cmd = proc.cmdline() or [proc.name()]
+            if cmd[0].startswith("ray::"):
+                name = cmd[0].split()[0]
+            elif "python" in Path(cmd[0]).name and len(cmd) > 1:
+                name = Path(next((a for a in cmd[1:] if not a.startswith("-")), cmd[0])).name
+            else:
+                name = Path(cmd[0]).name
         except psutil.Error:
-            pass
-    return round(total / 2**20, 1)
+            continue
+        rss, pss = rss + info.rss, pss + getattr(info, "pss", info.rss)
+        by_process[name] = round(by_process.get(name, 0) + info.rss / 2**20, 1)
+    return {
+        "rss_mb": round(rss / 2**20, 1),
+        "pss_mb": round(pss / 2**20, 1),
+        "processes": len(procs),
+        "rss_mb_by_process": dict(sorted(by_process.items(), key=lambda kv: -kv[1])),
+    }
+
+
+def max_memory(a: dict | None, b: dict) -> dict:
+    return b if a is None or b["rss_mb"] > a["rss_mb"] else a
 
 
 # --- bare model, in a subprocess ------------------------------------------------------------------------------
@@ -88,8 +109,7 @@ def bare_main(args: argparse.Namespace) -> None:
         return {**stats, "concurrency": c, "texts_per_request": k, "batch": batch}
 
     runs = [asyncio.run(run(c, k)) for c, k in GRID]
-    rss = tree_rss_mb(os.getpid())
-    print(json.dumps({"runs": runs, "rss_mb": rss}))
+    print(json.dumps({"runs": runs, "memory": tree_rss_mb(os.getpid())}))
 
 
 def measure_bare(args: argparse.Namespace) -> dict:
@@ -107,7 +127,7 @@ def measure_bare(args: argparse.Namespace) -> dict:
 async def http_grid(url: str, payload, args: argparse.Namespace, texts: list[str], pid: int, include_root: bool):
     import aiohttp
 
-    runs, rss = [], 0.0
+    runs, memory = [], None
     for c, k in GRID:
         connector = aiohttp.TCPConnector(limit=c)
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
@@ -119,9 +139,9 @@ async def http_grid(url: str, payload, args: argparse.Namespace, texts: list[str
 
             await closed_loop(call, texts, c, k, args.warmup)
             runs.append(await closed_loop(call, texts, c, k, args.duration, args.max_requests))
-        rss = max(rss, tree_rss_mb(pid, include_root))
+        memory = max_memory(memory, tree_rss_mb(pid, include_root))
         print(f"  {runs[-1]}", file=sys.stderr)
-    return runs, rss
+    return runs, memory
 
 
 # --- Infinity ---------------------------------------------------------------------------------------------------
@@ -162,14 +182,14 @@ def measure_infinity(args: argparse.Namespace, texts: list[str]) -> dict:
             if time.monotonic() > deadline:
                 raise RuntimeError("infinity did not start in 240 s")
             time.sleep(1)
-        runs, rss = asyncio.run(
+        runs, memory = asyncio.run(
             http_grid(
                 f"http://127.0.0.1:{port}/embeddings",
                 lambda batch: {"model": "minilm", "input": batch},
                 args, texts, proc.pid, True,
             )
         )  # fmt: skip
-        return {"runs": runs, "rss_mb": rss}
+        return {"runs": runs, "memory": memory}
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -201,12 +221,12 @@ def measure_graph(args: argparse.Namespace, texts: list[str]) -> dict:
         handle = serve.get_app_handle("multitask")
 
         print(" graph over HTTP", file=sys.stderr)
-        http_runs, http_rss = asyncio.run(
+        http_runs, http_memory = asyncio.run(
             http_grid(f"http://127.0.0.1:{port}/v1/predict", lambda b: {"texts": b}, args, texts, os.getpid(), False)
         )
 
         async def handle_grid():
-            runs, rss = [], 0.0
+            runs, memory = [], None
             for c, k in GRID:
 
                 async def call(batch: list[str]) -> bool:
@@ -220,15 +240,15 @@ def measure_graph(args: argparse.Namespace, texts: list[str]) -> dict:
                 batches = after["batches"] - before["batches"]
                 run["mean_encoder_batch"] = round((after["texts"] - before["texts"]) / max(batches, 1), 1)
                 runs.append(run)
-                rss = max(rss, tree_rss_mb(os.getpid(), include_root=False))
+                memory = max_memory(memory, tree_rss_mb(os.getpid(), include_root=False))
                 print(f"  {run}", file=sys.stderr)
-            return runs, rss
+            return runs, memory
 
         print(" graph through handles", file=sys.stderr)
-        handle_runs, handle_rss = asyncio.run(handle_grid())
+        handle_runs, handle_memory = asyncio.run(handle_grid())
         return {
-            "http": {"runs": http_runs, "rss_mb": http_rss},
-            "handle": {"runs": handle_runs, "rss_mb": handle_rss},
+            "http": {"runs": http_runs, "memory": http_memory},
+            "handle": {"runs": handle_runs, "memory": handle_memory},
             "serve_env": args.serve_env,
         }
     finally:
@@ -264,8 +284,8 @@ def markdown(results: dict) -> str:
             for d in systems.values()
         ]
         lines.append(f"| {c} | {k} | " + " | ".join(cells) + " |")
-    lines += ["", "RSS of each service's processes (MB, max over the runs): " + ", ".join(
-        f"{n} {d['rss_mb']}" for n, d in systems.items()
+    lines += ["", "Memory of each service's processes, max over the runs (MB RSS / PSS, processes): " + "; ".join(
+        f"{n} {d['memory']['rss_mb']} / {d['memory']['pss_mb']} ({d['memory']['processes']})" for n, d in systems.items()
     ), ""]  # fmt: skip
     bare, inf = results.get("bare"), results.get("infinity")
     graph = results.get("graph")
@@ -305,7 +325,8 @@ def targets(results: dict) -> str:
             f"1 text x 32 clients >= 1.1x Infinity: {ratio(http[32, 1]['texts_per_s'], inf[32, 1]['texts_per_s'])}"
         )
         parts.append(f"1 text, 1 client p50 <= 0.8x Infinity: {ratio(http[1, 1]['p50_ms'], inf[1, 1]['p50_ms'])}")
-    parts.append(f"service RSS < 1500 MB: {results['graph']['http']['rss_mb']} MB")
+    memory = results["graph"]["http"]["memory"]
+    parts.append(f"service < 1500 MB: RSS {memory['rss_mb']} MB, PSS {memory['pss_mb']} MB")
     return "; ".join(parts) + "."
 
 
