@@ -21,7 +21,16 @@ from ray.serve.schema import ServeDeploySchema
 from deployments.encoder import Encoder
 from deployments.head import TaskHeadDeployment, head_deployment_name
 from deployments.ingress import Ingress
-from multitask.checkpoint import read_manifest
+from multitask.checkpoint import (
+    ENCODER_FILE,
+    MODEL_FILE,
+    CheckpointManifest,
+    load_head,
+    read_manifest,
+    read_tensors,
+)
+from multitask.errors import CheckpointError
+from multitask.finetune import FinetuneMode
 
 PROJECT_ROOT = Path(__file__).resolve().parent
 APP_NAME = "multitask"
@@ -65,7 +74,7 @@ def build_app(args: GraphArgs) -> Application:
 
 def bind_graph(args: GraphArgs, options: Mapping[str, Mapping[str, Any]] | None = None) -> Application:
     """`build_app` with Serve options per deployment name (a config file's `deployments:` entries)."""
-    manifest = read_manifest(args.checkpoint)  # fails here, at deploy time, with a clear message
+    manifest = check_checkpoint(args.checkpoint)  # fails here, at deploy time, naming the file and the fix
     options = {name: {k: v for k, v in opts.items() if k != "name"} for name, opts in (options or {}).items()}
     unknown = set(options) - set(deployment_names(manifest.model.task_names))
     if unknown:
@@ -80,6 +89,35 @@ def bind_graph(args: GraphArgs, options: Mapping[str, Mapping[str, Any]] | None 
             args.checkpoint, task, encoder
         )
     return Ingress.options(**options.get(Ingress.name, {})).bind(args.checkpoint, encoder, heads)
+
+
+def check_checkpoint(checkpoint: str | Path) -> CheckpointManifest:
+    """Refuse bad artifacts before any replica starts, with CheckpointError naming the file and the fix: a missing
+    directory or config, a config that does not validate, missing or corrupt safetensors, heads or projection of
+    the wrong shape. The encoder's fingerprint needs the transformer itself, so the Encoder replica checks it when
+    it loads (EncoderMismatchError, same style); heads then refuse embeddings of any other encoder."""
+    directory = Path(checkpoint)
+    manifest = read_manifest(directory)
+    for task in manifest.model.task_names:
+        load_head(directory, task)  # small (1024 -> 512 -> labels): loads and checks shapes against the config
+    if not read_tensors(directory / MODEL_FILE, "projection."):
+        raise CheckpointError(f"{directory / MODEL_FILE} holds no projection weights; re-save or re-train it.")
+    if manifest.encoder.finetune is not FinetuneMode.frozen:
+        _check_safetensors_header(directory / ENCODER_FILE)  # header only: full fine-tunes are large
+    return manifest
+
+
+def _check_safetensors_header(path: Path) -> None:
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing; the checkpoint is incomplete, re-save or re-train it.")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            if not list(handle.keys()):
+                raise CheckpointError(f"{path} holds no tensors; re-save or re-train the checkpoint.")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is corrupt or not a safetensors file ({exc}); re-save or re-train it.") from exc
 
 
 def app_from_config(path: str | Path, **args: Any) -> tuple[Application, dict]:

@@ -26,6 +26,7 @@ class ErrorKind(str, Enum):
     """What went wrong. The value is the `error_type` clients see."""
 
     malformed_json = "malformed_json"  # body is not JSON
+    unauthorized = "unauthorized"  # auth is on and the bearer token is missing or wrong
     body_too_large = "body_too_large"  # body over `max_body_bytes`
     too_many_texts = "too_many_texts"  # more texts than `max_texts_per_request`
     text_too_long = "text_too_long"  # a text over `max_chars_per_text`
@@ -43,6 +44,7 @@ class ErrorKind(str, Enum):
 
 STATUS_CODES: dict[ErrorKind, int] = {
     ErrorKind.malformed_json: 400,
+    ErrorKind.unauthorized: 401,
     ErrorKind.body_too_large: 413,
     ErrorKind.too_many_texts: 413,
     ErrorKind.text_too_long: 413,
@@ -79,9 +81,11 @@ class ServiceError(Exception):
 
 
 def error_response(kind: ErrorKind, message: str) -> JSONResponse:
-    """The one JSON error shape, with `Retry-After` on 503."""
+    """The one JSON error shape, with `Retry-After` on 503 and `WWW-Authenticate` on 401."""
     status = STATUS_CODES[kind]
     headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+    if status == 401:
+        headers = {"WWW-Authenticate": 'Bearer realm="multitask"'}
     return JSONResponse({"error": message, "error_type": kind.value}, status_code=status, headers=headers)
 
 
@@ -97,12 +101,20 @@ def to_service_error(exc: BaseException) -> ServiceError:
         return ServiceError(ErrorKind.overloaded, "The service is overloaded; retry after a short wait.")
     if isinstance(cause, EncoderMismatchError):
         return ServiceError(ErrorKind.encoder_mismatch, f"{cause} A rollout is probably under way; retry shortly.")
-    if isinstance(cause, DeploymentUnavailableError):
+    if isinstance(cause, DeploymentUnavailableError) or replica_died(exc):
         return ServiceError(ErrorKind.unavailable, "A deployment of the service is unavailable; retry shortly.")
     if isinstance(cause, (TimeoutError, asyncio.TimeoutError)):
         return ServiceError(ErrorKind.timeout, "The service did not answer in time; retry shortly.")
     logger.error("Unexpected error while serving a request", exc_info=exc)
     return ServiceError(ErrorKind.internal_error, "Internal server error; the service log has the details.")
+
+
+def replica_died(exc: BaseException) -> bool:
+    """The replica serving a call died or became unreachable (killed, crashed, node lost): the controller starts a
+    replacement, so the call can be retried."""
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+    return isinstance(exc, (RayActorError, ActorDiedError, ActorUnavailableError))
 
 
 def describe_errors(errors: list[dict]) -> tuple[ErrorKind, str]:

@@ -38,6 +38,7 @@ def head_deployment_name(task: str) -> str:
     name="TaskHead",
     ray_actor_options={"num_cpus": 0.1},
     max_ongoing_requests=64,
+    max_queued_requests=256,
     autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 16},
     user_config=HeadSettings().model_dump(),
 )

@@ -7,6 +7,7 @@ Python handle callers use, so HTTP and handles return the same shapes.
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -45,6 +46,7 @@ def _errors(*kinds: ErrorKind) -> dict:
 
 _BODY_ERRORS = (
     ErrorKind.malformed_json,
+    ErrorKind.unauthorized,
     ErrorKind.body_too_large,
     ErrorKind.too_many_texts,
     ErrorKind.validation_error,
@@ -88,6 +90,30 @@ class JsonBodyGuard:
         await self.app(scope, counting_receive, send)
 
 
+class BearerAuth:
+    """Optional bearer-token auth: when `token()` is not None, every route but the open ones (`/healthz`, for load
+    balancers and Serve) needs `Authorization: Bearer <token>`, compared in constant time; else 401."""
+
+    OPEN_PATHS = frozenset({"/healthz"})
+
+    def __init__(self, app: ASGIApp, token: Callable[[], bytes | None], on_reject: Callable[[ErrorKind], None]):
+        self.app = app
+        self.token = token
+        self.on_reject = on_reject
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        token = self.token()
+        if scope["type"] != "http" or token is None or scope.get("path") in self.OPEN_PATHS:
+            return await self.app(scope, receive, send)
+        header = dict(scope.get("headers") or []).get(b"authorization", b"")
+        scheme, _, given = header.partition(b" ")
+        if scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), token):
+            return await self.app(scope, receive, send)
+        self.on_reject(ErrorKind.unauthorized)
+        message = "Missing or wrong bearer token: send the header `Authorization: Bearer <token>`."
+        return await error_response(ErrorKind.unauthorized, message)(scope, receive, send)
+
+
 def create_app(service: Ingress) -> FastAPI:
     app = FastAPI(
         title=API_TITLE,
@@ -100,6 +126,8 @@ def create_app(service: Ingress) -> FastAPI:
     app.add_middleware(
         JsonBodyGuard, max_bytes=lambda: service.limits.max_body_bytes, on_reject=service.count_http_error
     )
+    # added last = runs first: an unauthenticated request is refused before its body is read
+    app.add_middleware(BearerAuth, token=lambda: service.auth_token, on_reject=service.count_http_error)
 
     @app.post(
         "/v1/predict",
@@ -128,7 +156,12 @@ def create_app(service: Ingress) -> FastAPI:
     async def embed(body: EmbedRequest) -> JSONResponse:
         return JSONResponse(await service.embed(body.texts, body.normalize))
 
-    @app.get("/v1/tasks", response_model=TasksResponse, summary="Tasks, their labels and evaluation metrics")
+    @app.get(
+        "/v1/tasks",
+        response_model=TasksResponse,
+        responses=_errors(ErrorKind.unauthorized),
+        summary="Tasks, their labels and evaluation metrics",
+    )
     async def tasks() -> JSONResponse:
         return JSONResponse(service.tasks())
 
@@ -144,4 +177,4 @@ def create_app(service: Ingress) -> FastAPI:
     return app
 
 
-__all__ = ["JsonBodyGuard", "create_app"]
+__all__ = ["BearerAuth", "JsonBodyGuard", "create_app"]

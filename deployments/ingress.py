@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +25,7 @@ from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from deployments.errors import ErrorKind, ServiceError, describe_errors, to_service_error
+from deployments.errors import ErrorKind, ServiceError, describe_errors, replica_died, to_service_error
 from deployments.http import create_app
 from deployments.metrics import IngressMetrics
 from deployments.schemas import EmbedRequest, EncodedTexts, Limits, PredictRequest
@@ -36,6 +38,7 @@ logger = logging.getLogger("ray.serve")
     name="Ingress",
     ray_actor_options={"num_cpus": 0.2},
     max_ongoing_requests=128,
+    max_queued_requests=512,
     autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 32},
     user_config=Limits().model_dump(),
 )
@@ -50,6 +53,8 @@ class Ingress:
         self.heads = {task: heads[task] for task in task_names}  # checkpoint order = default result order
         self.model_info = {**manifest_summary(self.manifest), "checkpoint": Path(checkpoint).name}
         self.limits = Limits()
+        self.auth_token: bytes | None = None  # bearer-token auth of the HTTP routes (not /healthz); None = off
+        self.inflight = 0  # predict/embed calls this replica works on now (shed past limits.max_inflight_requests)
         self.metrics = IngressMetrics()
         logger.info(
             f"multitask ready: POST /v1/predict, /v1/predict/{{task}}, /v1/embed; GET /v1/tasks, /healthz, "
@@ -58,7 +63,10 @@ class Ingress:
         )
 
     def reconfigure(self, user_config: dict) -> None:
-        self.limits = Limits.model_validate(user_config or {})
+        limits = Limits.model_validate(user_config or {})
+        self.auth_token = read_auth_token(limits)  # raises (the deploy fails) if the named token is not there
+        self.limits = limits
+        logger.info(f"Ingress limits: {limits.model_dump()}; bearer-token auth {'on' if self.auth_token else 'off'}")
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_app(self)
@@ -66,19 +74,21 @@ class Ingress:
     # --- the API, for HTTP routes and handle callers alike ----------------------------------------------------
     async def predict(self, texts: list[str], tasks: list[str] | None = None, return_embeddings: bool = False) -> dict:
         """`POST /v1/predict`: one result per text, in order, with only the asked tasks."""
-        with self._observe("predict"):
+        with self._observe("predict"), self._admit():
             request = _validate(PredictRequest, texts=texts, tasks=tasks, return_embeddings=return_embeddings)
             self._check_texts(request.texts)
             tasks = self._check_tasks(request.tasks)
-            results = await self._within_deadline(self._predict(request.texts, tasks, request.return_embeddings))
+            results = await self._within_deadline(
+                lambda: self._predict(request.texts, tasks, request.return_embeddings)
+            )
             return {"results": results, "model": self.model_info}
 
     async def embed(self, texts: list[str], normalize: bool = True) -> dict:
         """`POST /v1/embed`: the shared embeddings, unit-normalized unless asked otherwise."""
-        with self._observe("embed"):
+        with self._observe("embed"), self._admit():
             request = _validate(EmbedRequest, texts=texts, normalize=normalize)
             self._check_texts(request.texts)
-            encoded: EncodedTexts = await self._within_deadline(self.encoder.encode.remote(request.texts))
+            encoded: EncodedTexts = await self._within_deadline(lambda: self.encoder.encode.remote(request.texts))
             embeddings = encoded.embeddings  # (n, embedding_dim)
             if request.normalize:
                 embeddings = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
@@ -182,13 +192,21 @@ class Ingress:
             answers.append((mine, [[by_row[task][i] for i in span] for task in asked]))
         return answers
 
-    async def _within_deadline(self, awaitable):
-        try:
-            return await asyncio.wait_for(awaitable, self.limits.request_timeout_s)
-        except ServiceError:
-            raise
-        except Exception as exc:  # RayTaskError wraps the replica's exception and subclasses its type
-            raise to_service_error(exc) from exc
+    async def _within_deadline(self, call):
+        """Await `call()` within `request_timeout_s` (503 timeout past it). A call whose replica died (killed,
+        crashed) is retried once within the same deadline: Serve routes it to a live or replacement replica."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.limits.request_timeout_s
+        for attempt in range(2):
+            try:
+                return await asyncio.wait_for(call(), max(deadline - loop.time(), 0.001))
+            except ServiceError:
+                raise
+            except Exception as exc:  # RayTaskError wraps the replica's exception and subclasses its type
+                if attempt == 0 and replica_died(exc) and deadline - loop.time() > 0.1:
+                    logger.warning(f"A replica died during a request ({type(exc).__name__}); retrying it once")
+                    continue
+                raise to_service_error(exc) from exc
 
     def _check_texts(self, texts: list[str]) -> None:
         limits = self.limits
@@ -198,8 +216,14 @@ class Ingress:
                 f"{len(texts)} texts in one request; the limit is {limits.max_texts_per_request}. Split the request.",
             )
         for i, text in enumerate(texts):
-            if not text.strip():
+            if not _has_content(text):
                 raise ServiceError(ErrorKind.empty_text, f"texts[{i}] is empty; every text needs some content.")
+            if _has_surrogate(text):
+                raise ServiceError(
+                    ErrorKind.validation_error,
+                    f"texts[{i}] holds a lone UTF-16 surrogate (e.g. \\ud800), which is not valid Unicode; "
+                    "send valid UTF-8 (pairs of surrogate escapes are fine).",
+                )
             if len(text) > limits.max_chars_per_text:
                 raise ServiceError(
                     ErrorKind.text_too_long,
@@ -212,7 +236,22 @@ class Ingress:
         unknown = [task for task in tasks if task not in self.heads]
         if unknown:
             raise ServiceError(ErrorKind.unknown_task, f"No task {unknown[0]!r}. Available: {list(self.heads)}")
-        return list(dict.fromkeys(tasks))  # asked order, duplicates dropped
+        repeated = sorted({task for task in tasks if tasks.count(task) > 1})
+        if repeated:
+            raise ServiceError(ErrorKind.validation_error, f"tasks: {repeated} listed more than once; name each once.")
+        return list(tasks)  # the asked order
+
+    @contextmanager
+    def _admit(self) -> Iterator[None]:
+        """Shed load: past `max_inflight_requests` calls in this replica, answer 503 overloaded at once instead of
+        queueing (the encoder's and heads' `max_queued_requests` bound the queues behind it)."""
+        if self.inflight >= self.limits.max_inflight_requests:
+            raise ServiceError(ErrorKind.overloaded, "The service is overloaded; retry after a short wait.")
+        self.inflight += 1
+        try:
+            yield
+        finally:
+            self.inflight -= 1
 
     @contextmanager
     def _observe(self, endpoint: str) -> Iterator[None]:
@@ -227,6 +266,44 @@ class Ingress:
         finally:
             self.metrics.requests.inc(tags={"endpoint": endpoint, "status": status})
             self.metrics.latency_ms.observe((time.perf_counter() - start) * 1000, tags={"endpoint": endpoint})
+
+
+def read_auth_token(limits: Limits) -> bytes | None:
+    """The bearer token the config names (environment variable or file), or None when auth is off. A token that is
+    named but missing or empty is an error: failing the deploy beats serving without the auth that was asked for."""
+    if limits.auth_token_env and limits.auth_token_file:
+        raise ValueError("Ingress user_config: set auth_token_env or auth_token_file, not both.")
+    if limits.auth_token_env:
+        token = os.environ.get(limits.auth_token_env, "").strip()
+        where = f"environment variable {limits.auth_token_env} (set it in the application's runtime_env.env_vars)"
+    elif limits.auth_token_file:
+        path = Path(limits.auth_token_file).expanduser()
+        try:
+            token = path.read_text().strip()
+        except OSError as exc:
+            raise ValueError(
+                f"Ingress auth_token_file {path} cannot be read ({exc}); create it on every node."
+            ) from exc
+        where = f"file {path}"
+    else:
+        return None
+    if not token:
+        raise ValueError(f"Ingress bearer-token auth is on but the {where} is empty or unset; put the token there.")
+    return token.encode()
+
+
+def _has_content(text: str) -> bool:
+    """Some character besides whitespace, control and format characters (zero-width spaces, BOMs)."""
+    return any(not ch.isspace() and unicodedata.category(ch) not in ("Cc", "Cf") for ch in text)
+
+
+def _has_surrogate(text: str) -> bool:
+    """JSON's `\\ud800` escapes decode to lone surrogates, which no tokenizer (or UTF-8 encoder) accepts."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 async def _ping(handle: DeploymentHandle) -> str:

@@ -115,7 +115,8 @@ class ErrorResponse(BaseModel):
 
 # --- runtime knobs (user_config) ----------------------------------------------------------------------------------
 class Limits(BaseModel):
-    """The ingress's `user_config`: request limits, changed by redeploying the config without a restart."""
+    """The ingress's `user_config`: request limits, overload shedding and optional bearer-token auth, changed by
+    redeploying the config without a restart. With neither `auth_token_env` nor `auth_token_file`, auth is off."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -124,6 +125,18 @@ class Limits(BaseModel):
     max_body_bytes: int = Field(default=1_048_576, gt=0, description="Larger body -> 413 body_too_large.")
     request_timeout_s: float = Field(default=30.0, gt=0, description="Graph answer deadline -> 503 timeout.")
     health_timeout_s: float = Field(default=5.0, gt=0, description="Per-deployment ping deadline in /healthz.")
+    max_inflight_requests: int = Field(
+        default=96,
+        gt=0,
+        description="Requests one ingress replica works on at once; more -> 503 overloaded with Retry-After at once. "
+        "Keep it below the Ingress's max_ongoing_requests, so that the ingress sheds load before Serve's proxy queues.",
+    )
+    auth_token_env: str | None = Field(
+        default=None, description="Bearer-token auth: the environment variable (of the ingress replica) holding it."
+    )
+    auth_token_file: str | None = Field(
+        default=None, description="Bearer-token auth: a file holding it (read at deploy time; whitespace stripped)."
+    )
 
 
 class EncoderSettings(BaseModel):

@@ -59,12 +59,12 @@ def test_predict_one_task_returns_only_that_task(service, reference_model):
             assert_matches_model(got, want, ["sentiment"])
 
 
-def test_tasks_come_back_in_the_asked_order_without_duplicates(service):
-    response = service.post(
-        "/v1/predict", json={"texts": ["Rain again."], "tasks": ["sentiment", "topic", "sentiment"]}
-    )
+def test_tasks_come_back_in_the_asked_order_and_duplicates_are_refused(service):
+    response = service.post("/v1/predict", json={"texts": ["Rain again."], "tasks": ["sentiment", "topic"]})
     assert response.status_code == 200, response.text
     assert list(response.json()["results"][0]) == ["sentiment", "topic", "truncated"]
+    repeated = service.post("/v1/predict", json={"texts": ["Rain."], "tasks": ["sentiment", "topic", "sentiment"]})
+    assert repeated.status_code == 422 and repeated.json()["error_type"] == "validation_error"
 
 
 def test_embed_normalized_and_raw_match_the_in_process_encoder(service, reference_model):
