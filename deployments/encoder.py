@@ -1,8 +1,7 @@
 """The shared encoder deployment: tokenize -> transformer -> mean pool -> projection, with dynamic batching.
 
-Concurrent `encode` calls are batched together (`@serve.batch`, one call per batch item, counted in texts by
-`batch_size_fn`, so a gathered batch holds at most `max_batch_size` texts unless a single call brings more). The
-gathered texts are tokenized once, sorted by length and run in forward passes of at most `max_batch_size` texts
+Concurrent `encode` calls are batched together (`@serve.batch`, up to `max_batch_size` calls; the ingress
+already sends one call per batch of requests, so a call may bring more texts than that). The gathered texts are tokenized once, sorted by length and run in forward passes of at most `max_batch_size` texts
 and `max_batch_tokens` padded tokens (`EncoderRuntime.forward`), in a worker thread, so the replica's event loop
 keeps accepting requests and fills the next batch meanwhile. Every text is encoded once per request, whatever the
 number of heads that read its embedding.
@@ -55,10 +54,17 @@ class Encoder:
         """Texts -> their embeddings (n, embedding_dim) float32, in order, and which were truncated."""
         if not texts:
             return EncodedTexts(np.zeros((0, self.runtime.dimension), np.float32), [], self.fingerprint)
-        embeddings, truncated = await self._encode_batch(list(texts))
+        # @serve.batch refuses one item larger than max_batch_size (its batch_size_fn counts texts), and the ingress
+        # may gather many requests into one call: hand it chunks of at most max_batch_size texts
+        size = self.settings.max_batch_size
+        parts = await asyncio.gather(
+            *(self._encode_batch(list(texts[i : i + size])) for i in range(0, len(texts), size))
+        )
+        embeddings = np.concatenate([part[0] for part in parts]) if len(parts) > 1 else parts[0][0]
+        truncated = [flag for part in parts for flag in part[1]]
         return EncodedTexts(embeddings, truncated, self.fingerprint)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, batch_size_fn=lambda calls: sum(map(len, calls)))
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def _encode_batch(self, calls: list[list[str]]) -> list[tuple[np.ndarray, list[bool]]]:
         """Several calls' texts -> one (texts, embedding_dim) array, split back per call."""
         texts = [text for call in calls for text in call]

@@ -1,0 +1,96 @@
+"""A separate, small-capacity deployment of the real graph for the overload and replica-fault tests (marked slow).
+
+Its own local Ray and Serve (so killing replicas never disturbs tests/serving), the options of
+serve_config.local.yaml with smaller queues, a shorter request deadline and bearer-token auth on, on the shipped
+checkpoint. Capacity: one ingress replica works on `MAX_INFLIGHT` requests at once; beyond that it sheds.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+APP_NAME = "multitask"
+ROOT = Path(__file__).resolve().parents[2]
+LOCAL_CONFIG = ROOT / "serve_config.local.yaml"
+MAX_INFLIGHT = 16  # the ingress's max_inflight_requests here: "capacity" of the overload test
+REQUEST_TIMEOUT_S = 8.0  # the ingress's request_timeout_s here
+TOKEN = "reliability-test-token"
+
+
+@dataclass
+class Deployed:
+    url: str
+    headers: dict
+
+    def post(self, path: str, timeout: float = 30, **kwargs) -> requests.Response:
+        return requests.post(self.url + path, headers=self.headers, timeout=timeout, **kwargs)
+
+    def get(self, path: str, timeout: float = 30) -> requests.Response:
+        return requests.get(self.url + path, headers=self.headers, timeout=timeout)
+
+    def wait_healthy(self, within_s: float = 60) -> None:
+        deadline = time.monotonic() + within_s
+        while True:
+            try:
+                if self.get("/healthz", timeout=5).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < deadline, f"/healthz not 200 within {within_s} s"
+            time.sleep(0.5)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def small_config(tmp_path: Path) -> Path:
+    config = yaml.safe_load(LOCAL_CONFIG.read_text())
+    (application,) = config["applications"]
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    for deployment in application["deployments"]:
+        if deployment["name"] == "Ingress":
+            deployment["user_config"].update(
+                max_inflight_requests=MAX_INFLIGHT, request_timeout_s=REQUEST_TIMEOUT_S, auth_token_file=str(token_file)
+            )
+        else:
+            deployment.update(max_ongoing_requests=8, max_queued_requests=16)
+    path = tmp_path / "serve_config.small.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="package")
+def deployed(tmp_path_factory) -> Deployed:
+    import ray
+    from ray import serve
+
+    from graph import app_from_config
+
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    assert not ray.is_initialized(), "tests/reliability needs its own Ray; another test left one running"
+    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
+    try:
+        port = free_port()
+        app, http_options = app_from_config(
+            small_config(tmp_path_factory.mktemp("reliability")), checkpoint=str(ROOT / "checkpoints" / "default")
+        )
+        serve.start(http_options={**http_options, "host": "127.0.0.1", "port": port})
+        serve.run(app, name=APP_NAME, route_prefix="/")
+        service = Deployed(f"http://127.0.0.1:{port}", {"authorization": f"Bearer {TOKEN}"})
+        service.wait_healthy()
+        yield service
+    finally:
+        serve.shutdown()
+        ray.shutdown()
