@@ -55,7 +55,10 @@ class Load:
                 )
                 body = response.json() if response.status_code != 200 else {}
                 outcome = Outcome(
-                    start, time.monotonic(), response.status_code, body.get("error_type", ""),
+                    start,
+                    time.monotonic(),
+                    response.status_code,
+                    body.get("error_type", ""),
                     response.headers.get("retry-after"),
                 )
             except (requests.RequestException, ValueError) as exc:
@@ -177,3 +180,13 @@ def test_a_killed_replica_is_replaced_and_service_recovers_within_30_s(deployed,
         f"{len(failures)} failed with {sorted({(o.status, o.error_type) for o in failures})}, "
         f"errors stopped {recovery_s:.1f} s after the kill, slowest request {max(o.end - o.start for o in after):.1f} s"
     )
+
+
+def test_auth_on_the_deployed_graph_refuses_missing_tokens_and_keeps_healthz_open(deployed):
+    url = deployed.url
+    missing = requests.post(url + "/v1/predict", json={"texts": ["hello"]}, timeout=30)
+    assert missing.status_code == 401 and missing.json()["error_type"] == "unauthorized"
+    wrong = requests.get(url + "/v1/tasks", headers={"authorization": "Bearer nope"}, timeout=30)
+    assert wrong.status_code == 401
+    assert requests.get(url + "/healthz", timeout=30).status_code == 200
+    assert deployed.post("/v1/predict", json={"texts": ["hello"]}).status_code == 200

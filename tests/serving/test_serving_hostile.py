@@ -177,3 +177,10 @@ def test_request_texts_are_not_logged_at_info(service):
     logs = Path(ray._private.worker._global_node.get_logs_dir_path())
     leaked = [path for path in logs.rglob("*") if path.is_file() and marker.encode() in path.read_bytes()]
     assert not leaked, f"request text found in {leaked}"
+
+
+def test_the_most_texts_allowed_in_one_request_are_served(service):
+    texts = [f"Sentence {i}: the council approved the stadium budget." for i in range(64)]  # max_texts_per_request
+    response = service.post("/v1/predict", json={"texts": texts})
+    assert response.status_code == 200, response.text[:300]
+    assert len(response.json()["results"]) == 64
