@@ -118,7 +118,7 @@ def measure_bare(args: argparse.Namespace) -> dict:
         check=True,
         capture_output=True,
         text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_WAIT_POLICY": "PASSIVE"},
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -217,12 +217,20 @@ def measure_graph(args: argparse.Namespace, texts: list[str]) -> dict:
         app, http_options = app_from_config(ROOT / args.config)
         serve.start(http_options={**http_options, "host": "127.0.0.1", "port": port})
         serve.run(app, name="multitask", route_prefix="/")
+        return asyncio.run(graph_grids(args, texts, port))  # one event loop: handles may bind to it
+    finally:
+        ray.shutdown()
+
+
+async def graph_grids(args: argparse.Namespace, texts: list[str], port: int) -> dict:
+    from ray import serve
+
+    try:
         encoder = serve.get_deployment_handle("Encoder", app_name="multitask")
         handle = serve.get_app_handle("multitask")
-
         print(" graph over HTTP", file=sys.stderr)
-        http_runs, http_memory = asyncio.run(
-            http_grid(f"http://127.0.0.1:{port}/v1/predict", lambda b: {"texts": b}, args, texts, os.getpid(), False)
+        http_runs, http_memory = await http_grid(
+            f"http://127.0.0.1:{port}/v1/predict", lambda b: {"texts": b}, args, texts, os.getpid(), False
         )
 
         async def handle_grid():
@@ -245,15 +253,14 @@ def measure_graph(args: argparse.Namespace, texts: list[str]) -> dict:
             return runs, memory
 
         print(" graph through handles", file=sys.stderr)
-        handle_runs, handle_memory = asyncio.run(handle_grid())
+        handle_runs, handle_memory = await handle_grid()
         return {
             "http": {"runs": http_runs, "memory": http_memory},
             "handle": {"runs": handle_runs, "memory": handle_memory},
             "serve_env": args.serve_env,
         }
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        await serve.shutdown_async()
 
 
 # --- report -----------------------------------------------------------------------------------------------------

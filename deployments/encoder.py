@@ -54,8 +54,8 @@ class Encoder:
         """Texts -> their embeddings (n, embedding_dim) float32, in order, and which were truncated."""
         if not texts:
             return EncodedTexts(np.zeros((0, self.runtime.dimension), np.float32), [], self.fingerprint)
-        # @serve.batch refuses one item larger than max_batch_size (its batch_size_fn counts texts), and the ingress
-        # may gather many requests into one call: hand it chunks of at most max_batch_size texts
+        # the ingress may gather many requests into one call: chunks of at most max_batch_size texts keep one
+        # gathered batch (at most max_batch_size calls) bounded; EncoderRuntime.forward cuts it into passes
         size = self.settings.max_batch_size
         parts = await asyncio.gather(
             *(self._encode_batch(list(texts[i : i + size])) for i in range(0, len(texts), size))

@@ -12,15 +12,16 @@ import asyncio
 import logging
 import time
 
-import torch
+import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from threadpoolctl import threadpool_limits
 
 from deployments.metrics import HeadMetrics
 from deployments.schemas import EncodedTexts, HeadSettings
-from multitask.checkpoint import load_head, read_manifest
 from multitask.errors import EncoderMismatchError
-from multitask.model import label_scores
+from multitask.manifest import label_scores, read_manifest
+from multitask.numpy_head import NumpyHead
 
 logger = logging.getLogger("ray.serve")
 
@@ -45,7 +46,7 @@ def head_deployment_name(task: str) -> str:
 class TaskHeadDeployment:
     async def __init__(self, checkpoint: str, task: str, encoder: DeploymentHandle | None = None):
         trained_with = read_manifest(checkpoint).encoder.fingerprint
-        self.head = load_head(checkpoint, task, trained_with)
+        self.head = NumpyHead.load(checkpoint, task, trained_with)  # numpy: this process never imports torch
         if encoder is not None:  # the encoder that will feed us, live
             await _wait_for_encoder(encoder, trained_with, task)
         self.task = task
@@ -58,6 +59,8 @@ class TaskHeadDeployment:
 
     def reconfigure(self, user_config: dict) -> None:
         self.settings = HeadSettings.model_validate(user_config or {})
+        if self.settings.torch_threads:  # the numpy head's BLAS threads (the setting's name predates numpy heads)
+            threadpool_limits(self.settings.torch_threads, user_api="blas")
 
     async def classify(self, encoded: EncodedTexts) -> list[dict]:
         """Embeddings of n texts -> n results `{label, confidence, scores}`, in the same order."""
@@ -66,12 +69,7 @@ class TaskHeadDeployment:
                 f"Head {self.task!r} was trained against encoder {self.fingerprint} but got embeddings from "
                 f"encoder {encoded.fingerprint}."
             )
-        threads = self.settings.torch_threads
-        if threads and torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
-        embeddings = torch.tensor(encoded.embeddings, dtype=torch.float32)  # a copy: Ray's arrays are read-only
-        with torch.inference_mode():
-            probs = self.head.probabilities(embeddings)  # (n, num_labels)
+        probs = self.head.probabilities(encoded.embeddings)  # (n, embedding_dim) -> (n, num_labels)
         results = [label_scores(self.labels, row) for row in probs.tolist()]
         self._record(results)
         return results
@@ -94,9 +92,8 @@ class TaskHeadDeployment:
 
     def check_health(self) -> None:
         """The head still runs and gives a probability distribution (Serve restarts the replica otherwise)."""
-        with torch.inference_mode():
-            probs = self.head.probabilities(torch.zeros(1, self.head.net[0].in_features))
-        if not torch.isfinite(probs).all() or abs(float(probs.sum()) - 1.0) > 1e-3:
+        probs = self.head.probabilities(np.zeros((1, self.head.in_features), np.float32))
+        if not np.isfinite(probs).all() or abs(float(probs.sum()) - 1.0) > 1e-3:
             raise RuntimeError(f"Head {self.task!r} gives invalid probabilities: {probs.tolist()}")
 
 

@@ -29,7 +29,7 @@ from deployments.errors import ErrorKind, ServiceError, describe_errors, replica
 from deployments.http import create_app
 from deployments.metrics import IngressMetrics
 from deployments.schemas import EmbedRequest, EncodedTexts, Limits, PredictRequest
-from multitask.checkpoint import manifest_summary, read_manifest
+from multitask.manifest import manifest_summary, read_manifest
 
 logger = logging.getLogger("ray.serve")
 
@@ -142,7 +142,10 @@ class Ingress:
 
     # --- internals ---------------------------------------------------------------------------------------------
     async def _predict(self, texts: list[str], tasks: list[str], return_embeddings: bool) -> list[dict]:
-        batch, outputs = await self._encode_and_classify((texts, tasks))
+        if self.inflight <= 1:  # alone: no batch to wait for
+            [(batch, outputs)] = await self._run_batch([(texts, tasks)])
+        else:
+            batch, outputs = await self._encode_and_classify((texts, tasks))
         results: list[dict] = [{} for _ in texts]
         for task, per_text in zip(tasks, outputs):
             self.metrics.task_requests.inc(tags={"task": task})
@@ -155,18 +158,24 @@ class Ingress:
             result["truncated"] = batch.truncated[i]
         return results
 
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0, max_concurrent_batches=2)
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.01, max_concurrent_batches=2)
     async def _encode_and_classify(
         self, requests: list[tuple[list[str], list[str]]]
     ) -> list[tuple[EncodedTexts, list[list[dict]]]]:
-        """Concurrent requests (texts, tasks) -> per request its embeddings and one result list per asked task.
+        """Concurrent requests gathered for up to 10 ms (only when others are in flight), then `_run_batch`.
+        Measured on 2 cores, 32 clients x 1 text, through handles: 63 texts/s with no wait, 122 with 10 ms."""
+        return await self._run_batch(requests)
 
-        One round trip to the encoder and one to each asked head per gathered batch of requests, not per request:
-        on 2 cores every Serve call costs about as much CPU as encoding a short text. Each text is encoded once,
+    async def _run_batch(
+        self, requests: list[tuple[list[str], list[str]]]
+    ) -> list[tuple[EncodedTexts, list[list[dict]]]]:
+        """Requests (texts, tasks) -> per request its embeddings and one result list per asked task.
+
+        One round trip to the encoder and one to each asked head per batch of requests, not per request: on 2
+        cores every Serve call costs about as much CPU as encoding a short text. Each text is encoded once,
         whatever the number of heads; the embeddings come back here (for `truncated` and `return_embeddings`) and
         go to the heads by value, in parallel (handing the heads the un-awaited response instead routes them
-        through the object store: measured 1.5-3x slower on the 2-core machine). `batch_wait_timeout_s=0`: a
-        batch takes what queued while the previous one ran, so a lone request waits for nothing."""
+        through the object store: measured 1.5-3x slower on the 2-core machine)."""
         texts = [text for request_texts, _ in requests for text in request_texts]
         starts = np.cumsum([0] + [len(request_texts) for request_texts, _ in requests])
         encoded: EncodedTexts = await self.encoder.encode.remote(texts)

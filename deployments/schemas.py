@@ -157,7 +157,9 @@ class HeadSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    torch_threads: int = Field(default=1, ge=0, description="torch intra-op threads; 0 = leave as is.")
+    torch_threads: int = Field(
+        default=1, ge=0, description="BLAS threads of the (numpy) head MLP; 0 = leave as is. Name kept for configs."
+    )
 
 
 # --- what flows between deployments -----------------------------------------------------------------------------

@@ -15,47 +15,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from multitask.config import ModelConfig
 from multitask.encoder import SentenceEncoder, load_transformer, tensors_digest
 from multitask.errors import CheckpointError, EncoderMismatchError
-from multitask.finetune import FinetuneMode, LoraSpec, apply_encoder_state, encoder_state, lora_spec_of
+from multitask.finetune import apply_encoder_state, encoder_state, lora_spec_of
 from multitask.heads import TaskHead
+from multitask.manifest import (  # noqa: F401 - re-exported: the manifest lives in a torch-free module
+    CONFIG_FILE,
+    ENCODER_FILE,
+    FORMAT_VERSION,
+    MODEL_FILE,
+    CheckpointManifest,
+    EncoderRecord,
+    FinetuneMode,
+    LoraSpec,
+    manifest_summary,
+    read_manifest,
+)
 from multitask.model import MultiTaskModel
-
-FORMAT_VERSION = 1
-CONFIG_FILE = "config.json"
-MODEL_FILE = "model.safetensors"
-ENCODER_FILE = "encoder.safetensors"
-
-
-class EncoderRecord(BaseModel):
-    """Which encoder the heads were trained with."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str
-    revision: str | None = None
-    base_fingerprint: str = Field(description="Fingerprint of the base encoder's weights and tokenizer.")
-    fingerprint: str = Field(description="Fingerprint of the encoder the heads saw: base plus fine-tuned weights.")
-    finetune: FinetuneMode = FinetuneMode.frozen
-    lora: LoraSpec | None = None
-
-
-class CheckpointManifest(BaseModel):
-    """The contents of `config.json`."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    format_version: int = FORMAT_VERSION
-    model: ModelConfig
-    encoder: EncoderRecord
-    training: dict[str, Any] = Field(default_factory=dict, description="The training config that produced it.")
-    metrics: dict[str, Any] = Field(default_factory=dict, description="Evaluation metrics per task and split.")
-    calibration: dict[str, Any] = Field(default_factory=dict, description="Per task: temperature, ECE before/after.")
 
 
 def effective_fingerprint(base_fingerprint: str, encoder_tensors: dict[str, torch.Tensor]) -> str:
@@ -107,25 +86,6 @@ def save_checkpoint(
         calibration=calibration or {},
     )
     (directory / CONFIG_FILE).write_text(manifest.model_dump_json(indent=2) + "\n")
-    return manifest
-
-
-def read_manifest(directory: str | Path) -> CheckpointManifest:
-    """Read and validate `config.json`; every failure names the file and what to do."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise CheckpointError(f"Checkpoint directory {directory} does not exist; train one with `multitask train`.")
-    path = directory / CONFIG_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{path} is missing: {directory} is not a checkpoint written by `multitask train`.")
-    try:
-        manifest = CheckpointManifest.model_validate_json(path.read_text())
-    except (ValidationError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not a valid checkpoint config: {exc}") from exc
-    if manifest.format_version != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} has format_version {manifest.format_version}; this code reads version {FORMAT_VERSION}."
-        )
     return manifest
 
 
@@ -216,14 +176,3 @@ def write_metrics(directory: str | Path, metrics: dict[str, Any]) -> None:
     manifest = read_manifest(directory)
     manifest.metrics = metrics
     (directory / CONFIG_FILE).write_text(manifest.model_dump_json(indent=2) + "\n")
-
-
-def manifest_summary(manifest: CheckpointManifest) -> dict[str, Any]:
-    """The `model` block of API responses: which encoder and checkpoint answered."""
-    return {
-        "encoder": manifest.encoder.name,
-        "fingerprint": manifest.encoder.fingerprint,
-        "finetune": manifest.encoder.finetune.value,
-        "embedding_dim": manifest.model.embedding_dim,
-    }
-

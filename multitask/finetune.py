@@ -6,29 +6,11 @@ serving runs an ordinary transformer with no adapter overhead.
 
 from __future__ import annotations
 
-from enum import Enum
-
 import torch
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
-from pydantic import BaseModel, ConfigDict, Field
 from transformers import PreTrainedModel
 
-
-class FinetuneMode(str, Enum):
-    frozen = "frozen"  # encoder weights fixed; pooled embeddings cached on disk; only projection + heads train
-    lora = "lora"  # low-rank adapters on the encoder's linear layers train with the heads
-    full = "full"  # every encoder weight trains with the heads (large checkpoints)
-
-
-class LoraSpec(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    r: int = Field(default=16, gt=0, description="Adapter rank.")
-    alpha: int = Field(default=32, gt=0, description="Adapter scaling numerator (scale = alpha / r).")
-    dropout: float = Field(default=0.1, ge=0.0, lt=1.0, description="Dropout on the adapter input.")
-    target_modules: tuple[str, ...] = Field(
-        default=("query", "key", "value", "dense"), description="Names of the linear layers that get adapters."
-    )
+from multitask.manifest import FinetuneMode, LoraSpec
 
 
 def add_lora(transformer: PreTrainedModel, spec: LoraSpec) -> PreTrainedModel:
@@ -74,4 +56,3 @@ def apply_encoder_state(
     if result.unexpected_keys:
         raise ValueError(f"LoRA weights do not fit this encoder: unexpected {result.unexpected_keys[:3]}")
     return peft_model.merge_and_unload()
-

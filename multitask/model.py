@@ -10,8 +10,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -19,6 +19,7 @@ from torch import nn
 from multitask.config import ModelConfig
 from multitask.encoder import SentenceEncoder
 from multitask.heads import TaskHead
+from multitask.manifest import label_scores
 
 
 @dataclass
@@ -89,13 +90,3 @@ class MultiTaskModel(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
-
-
-def label_scores(labels: Sequence[str], probabilities: Sequence[float]) -> dict:
-    """One task's result: the top label, its probability, and every label's probability."""
-    best = max(range(len(labels)), key=lambda i: probabilities[i])
-    return {
-        "label": labels[best],
-        "confidence": float(probabilities[best]),
-        "scores": {label: float(p) for label, p in zip(labels, probabilities)},
-    }

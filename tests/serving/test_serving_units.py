@@ -107,3 +107,21 @@ def test_runtime_forward_in_length_sorted_passes_keeps_input_order(checkpoint_di
     whole, whole_truncated = runtime.forward(texts)
     parts, parts_truncated = runtime.forward(texts, max_batch=2, max_tokens=64)
     assert abs(whole - parts).max() < 1e-4 and whole_truncated == parts_truncated == [True, False, False, False]
+
+
+def test_numpy_head_matches_the_torch_head_and_checks_the_fingerprint(checkpoint_dir, reference_model):
+    import numpy as np
+
+    from multitask.checkpoint import read_manifest
+    from multitask.errors import EncoderMismatchError
+    from multitask.numpy_head import NumpyHead
+
+    fingerprint = read_manifest(checkpoint_dir).encoder.fingerprint
+    x = np.random.default_rng(0).normal(size=(4, 1024)).astype(np.float32)
+    for task, torch_head in reference_model.heads.items():
+        head = NumpyHead.load(checkpoint_dir, task, fingerprint)
+        with torch.inference_mode():
+            expected = torch_head.probabilities(torch.from_numpy(x)).numpy()
+        assert abs(head.probabilities(x) - expected).max() < 1e-5
+    with pytest.raises(EncoderMismatchError):
+        NumpyHead.load(checkpoint_dir, "topic", "0" * 16)

@@ -1,0 +1,102 @@
+"""A checkpoint's `config.json` (the manifest) and the result shape, without torch: the serving processes that only
+need them (ingress, heads) stay light. `multitask.checkpoint` re-exports everything here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from multitask.config import ModelConfig
+from multitask.errors import CheckpointError
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.safetensors"
+ENCODER_FILE = "encoder.safetensors"
+
+
+class FinetuneMode(str, Enum):
+    frozen = "frozen"  # encoder weights fixed; pooled embeddings cached on disk; only projection + heads train
+    lora = "lora"  # low-rank adapters on the encoder's linear layers train with the heads
+    full = "full"  # every encoder weight trains with the heads (large checkpoints)
+
+
+class LoraSpec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    r: int = Field(default=16, gt=0, description="Adapter rank.")
+    alpha: int = Field(default=32, gt=0, description="Adapter scaling numerator (scale = alpha / r).")
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0, description="Dropout on the adapter input.")
+    target_modules: tuple[str, ...] = Field(
+        default=("query", "key", "value", "dense"), description="Names of the linear layers that get adapters."
+    )
+
+
+class EncoderRecord(BaseModel):
+    """Which encoder the heads were trained with."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    revision: str | None = None
+    base_fingerprint: str = Field(description="Fingerprint of the base encoder's weights and tokenizer.")
+    fingerprint: str = Field(description="Fingerprint of the encoder the heads saw: base plus fine-tuned weights.")
+    finetune: FinetuneMode = FinetuneMode.frozen
+    lora: LoraSpec | None = None
+
+
+class CheckpointManifest(BaseModel):
+    """The contents of `config.json`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format_version: int = FORMAT_VERSION
+    model: ModelConfig
+    encoder: EncoderRecord
+    training: dict[str, Any] = Field(default_factory=dict, description="The training config that produced it.")
+    metrics: dict[str, Any] = Field(default_factory=dict, description="Evaluation metrics per task and split.")
+    calibration: dict[str, Any] = Field(default_factory=dict, description="Per task: temperature, ECE before/after.")
+
+
+def read_manifest(directory: str | Path) -> CheckpointManifest:
+    """Read and validate `config.json`; every failure names the file and what to do."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"Checkpoint directory {directory} does not exist; train one with `multitask train`.")
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: {directory} is not a checkpoint written by `multitask train`.")
+    try:
+        manifest = CheckpointManifest.model_validate_json(path.read_text())
+    except (ValidationError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a valid checkpoint config: {exc}") from exc
+    if manifest.format_version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has format_version {manifest.format_version}; this code reads version {FORMAT_VERSION}."
+        )
+    return manifest
+
+
+def manifest_summary(manifest: CheckpointManifest) -> dict[str, Any]:
+    """The `model` block of API responses: which encoder and checkpoint answered."""
+    return {
+        "encoder": manifest.encoder.name,
+        "fingerprint": manifest.encoder.fingerprint,
+        "finetune": manifest.encoder.finetune.value,
+        "embedding_dim": manifest.model.embedding_dim,
+    }
+
+
+def label_scores(labels: Sequence[str], probabilities: Sequence[float]) -> dict:
+    """One task's result: the top label, its probability, and every label's probability."""
+    best = max(range(len(labels)), key=lambda i: probabilities[i])
+    return {
+        "label": labels[best],
+        "confidence": float(probabilities[best]),
+        "scores": {label: float(p) for label, p in zip(labels, probabilities)},
+    }
