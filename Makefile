@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export RAY_AUTH_MODE := disabled
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run test test-fast train-default bench-quality
+.PHONY: setup run test test-fast train-default bench-quality bench-serving
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -32,3 +32,6 @@ train-default: setup
 
 bench-quality: setup
 	$(PY) bench/quality.py
+
+bench-serving: setup   # bare model vs the Serve graph (HTTP, handles) vs Infinity; ~6 min -> bench/results/serving_bench.*
+	$(PY) bench/serving_bench.py --readme

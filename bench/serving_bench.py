@@ -118,7 +118,7 @@ def measure_bare(args: argparse.Namespace) -> dict:
         check=True,
         capture_output=True,
         text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_WAIT_POLICY": "PASSIVE"},
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},  # torch defaults: alone, best
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -340,7 +340,7 @@ def targets(results: dict) -> str:
 def update_readme(table: str) -> None:
     readme = ROOT / "README.md"
     text = readme.read_text()
-    start, end = "<!-- performance:start -->", "<!-- performance:end -->"
+    start, end = "<!-- performance-table:start -->", "<!-- performance-table:end -->"
     if start not in text:
         return
     head, rest = text.split(start, 1)
@@ -362,7 +362,7 @@ def main() -> None:
     parser.add_argument("--infinity-venv", default=str(INFINITY_VENV))
     parser.add_argument("--serve-env", nargs="*", default=[], help="KEY=VALUE set before Ray starts")
     parser.add_argument("--out", default=str(RESULTS / "serving_bench"), help="writes OUT.json and OUT.md")
-    parser.add_argument("--readme", action="store_true", help="rewrite the table between the README markers")
+    parser.add_argument("--readme", action="store_true", help="rewrite the README's table (performance-table markers)")
     args = parser.parse_args()
     if args.mode == "bare":
         return bare_main(args)
