@@ -19,7 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from multitask.encoder import SentenceEncoder, load_transformer, tensors_digest
-from multitask.errors import CheckpointError, EncoderMismatchError
+from multitask.errors import CheckpointError
 from multitask.finetune import apply_encoder_state, encoder_state, lora_spec_of
 from multitask.heads import TaskHead
 from multitask.manifest import (  # noqa: F401 - re-exported: the manifest lives in a torch-free module
@@ -31,8 +31,10 @@ from multitask.manifest import (  # noqa: F401 - re-exported: the manifest lives
     EncoderRecord,
     FinetuneMode,
     LoraSpec,
+    check_fingerprint,
     manifest_summary,
     read_manifest,
+    task_spec,
 )
 from multitask.model import MultiTaskModel
 
@@ -106,7 +108,7 @@ def load_encoder(directory: str | Path, device: str | torch.device = "cpu") -> S
     manifest = read_manifest(directory)
     transformer, tokenizer = load_transformer(manifest.model)
     encoder = SentenceEncoder(transformer, tokenizer, manifest.model)
-    _check_fingerprint(
+    check_fingerprint(
         "base encoder", manifest.encoder.base_fingerprint, encoder.base_fingerprint, manifest.model.encoder, directory
     )
     encoder_tensors = {}
@@ -119,7 +121,7 @@ def load_encoder(directory: str | Path, device: str | torch.device = "cpu") -> S
         except (RuntimeError, ValueError) as exc:
             raise CheckpointError(f"{directory / ENCODER_FILE} does not fit {manifest.model.encoder}: {exc}") from exc
     encoder.fingerprint = effective_fingerprint(encoder.base_fingerprint, encoder_tensors)
-    _check_fingerprint(
+    check_fingerprint(
         "fine-tuned encoder", manifest.encoder.fingerprint, encoder.fingerprint, manifest.model.encoder, directory
     )
     _load_state(encoder.projection, read_tensors(directory / MODEL_FILE, "projection."), directory / MODEL_FILE)
@@ -132,12 +134,9 @@ def load_head(
     """Load one task's head only. With `encoder_fingerprint`, refuse heads trained on a different encoder."""
     directory = Path(directory)
     manifest = read_manifest(directory)
-    try:
-        spec = manifest.model.task(task)
-    except KeyError as exc:
-        raise CheckpointError(f"{directory / CONFIG_FILE}: {exc.args[0]}") from exc
+    spec = task_spec(manifest, task, directory)
     if encoder_fingerprint is not None:
-        _check_fingerprint(
+        check_fingerprint(
             "encoder", manifest.encoder.fingerprint, encoder_fingerprint, manifest.model.encoder, directory
         )
     head = TaskHead(spec, manifest.model.embedding_dim, manifest.model.dropout)
@@ -152,15 +151,6 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Mul
     for task in model.heads:
         model.heads[task] = load_head(directory, task, encoder.fingerprint, device)
     return model.to(device).eval()
-
-
-def _check_fingerprint(what: str, expected: str, actual: str, encoder_name: str, directory: Path) -> None:
-    if expected != actual:
-        raise EncoderMismatchError(
-            f"Checkpoint {directory} was trained with {what} {encoder_name!r} (fingerprint {expected}), "
-            f"but the {what} loaded has fingerprint {actual}. Load the encoder the checkpoint names, "
-            f"or retrain the heads on this encoder with `multitask train`."
-        )
 
 
 def _load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:

@@ -11,8 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from multitask.config import ModelConfig
-from multitask.errors import CheckpointError
+from multitask.config import ModelConfig, TaskSpec
+from multitask.errors import CheckpointError, EncoderMismatchError
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -80,6 +80,24 @@ def read_manifest(directory: str | Path) -> CheckpointManifest:
             f"{path} has format_version {manifest.format_version}; this code reads version {FORMAT_VERSION}."
         )
     return manifest
+
+
+def task_spec(manifest: CheckpointManifest, task: str, directory: Path) -> TaskSpec:
+    """The checkpoint's spec of `task`; an unknown task is a CheckpointError listing the available ones."""
+    try:
+        return manifest.model.task(task)
+    except KeyError as exc:
+        raise CheckpointError(f"{directory / CONFIG_FILE}: {exc.args[0]}") from exc
+
+
+def check_fingerprint(what: str, expected: str, actual: str, encoder_name: str, directory: Path) -> None:
+    """Refuse weights trained with another encoder, naming both fingerprints."""
+    if expected != actual:
+        raise EncoderMismatchError(
+            f"Checkpoint {directory} was trained with {what} {encoder_name!r} (fingerprint {expected}), "
+            f"but the {what} loaded has fingerprint {actual}. Load the encoder the checkpoint names, "
+            f"or retrain the heads on this encoder with `multitask train`."
+        )
 
 
 def manifest_summary(manifest: CheckpointManifest) -> dict[str, Any]:

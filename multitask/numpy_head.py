@@ -16,8 +16,8 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 
 from multitask.config import TaskSpec
-from multitask.errors import CheckpointError, EncoderMismatchError
-from multitask.manifest import CONFIG_FILE, MODEL_FILE, read_manifest
+from multitask.errors import CheckpointError
+from multitask.manifest import MODEL_FILE, check_fingerprint, read_manifest, task_spec
 
 
 class NumpyHead:
@@ -43,14 +43,10 @@ class NumpyHead:
         heads trained on a different encoder."""
         directory = Path(directory)
         manifest = read_manifest(directory)
-        try:
-            spec = manifest.model.task(task)
-        except KeyError as exc:
-            raise CheckpointError(f"{directory / CONFIG_FILE}: {exc.args[0]}") from exc
-        if encoder_fingerprint is not None and encoder_fingerprint != manifest.encoder.fingerprint:
-            raise EncoderMismatchError(
-                f"Checkpoint {directory} was trained with encoder {manifest.model.encoder!r} (fingerprint "
-                f"{manifest.encoder.fingerprint}), but the encoder loaded has fingerprint {encoder_fingerprint}."
+        spec = task_spec(manifest, task, directory)
+        if encoder_fingerprint is not None:
+            check_fingerprint(
+                "encoder", manifest.encoder.fingerprint, encoder_fingerprint, manifest.model.encoder, directory
             )
         path, prefix = directory / MODEL_FILE, f"heads.{task}."
         try:
