@@ -118,6 +118,12 @@ def _row_problem(row: dict, label_ids: dict[str, int]) -> str | None:
     return None
 
 
+def length_sorted_batches(texts: Sequence[str], batch_size: int) -> list[list[int]]:
+    """Indices of every text once, in batches of similar length (less padding); callers restore the order."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
 @dataclass
 class TaskBatch:
     """A batch of one task's examples, tokenized."""

@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from multitask.checkpoint import load_model
-from multitask.data import read_task_file
+from multitask.data import length_sorted_batches, read_task_file
 from multitask.model import MultiTaskModel
 from multitask.training.metrics import classification_metrics
 from multitask.training.report import plot_confusion_matrix
@@ -26,9 +26,7 @@ def task_probabilities(
     model.eval()
     head = model.heads[task]
     out = np.empty((len(texts), len(head.task.labels)), dtype=np.float32)
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    for start in tqdm(range(0, len(order), batch_size), desc=f"evaluating {task}", disable=not progress):
-        indices = order[start : start + batch_size]
+    for indices in tqdm(length_sorted_batches(texts, batch_size), desc=f"evaluating {task}", disable=not progress):
         tokens = {k: v.to(model.device) for k, v in model.encoder.tokenize([texts[i] for i in indices]).items()}
         out[indices] = head.probabilities(model.encoder(**tokens)).float().cpu().numpy()
     return out

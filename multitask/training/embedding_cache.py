@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from multitask.data import MTLDataProcessor, TaskDataset
+from multitask.data import MTLDataProcessor, TaskDataset, length_sorted_batches
 from multitask.encoder import SentenceEncoder
 
 
@@ -37,11 +37,9 @@ def cached_pooled_embeddings(
         return load_file(str(path))["pooled"]
     encoder.transformer.to(device).eval()
     texts = [example.text for example in dataset.examples]
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths batch with less padding
     pooled = torch.empty(len(texts), encoder.native_dim)
-    batches = range(0, len(order), batch_size)
-    for start in tqdm(batches, desc=f"encoding {dataset.task} ({len(texts)} texts)", disable=not progress):
-        indices = order[start : start + batch_size]
+    batches = length_sorted_batches(texts, batch_size)
+    for indices in tqdm(batches, desc=f"encoding {dataset.task} ({len(texts)} texts)", disable=not progress):
         tokens = {k: v.to(device) for k, v in processor.tokenize([texts[i] for i in indices]).items()}
         pooled[indices] = encoder.pool(**tokens).float().cpu()
     cache_dir.mkdir(parents=True, exist_ok=True)

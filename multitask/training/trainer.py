@@ -25,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from multitask.checkpoint import CheckpointManifest, save_checkpoint
-from multitask.data import MTLDataProcessor, TaskDataset, read_task_file
+from multitask.data import MTLDataProcessor, TaskDataset, length_sorted_batches, read_task_file
 from multitask.encoder import SentenceEncoder
 from multitask.finetune import FinetuneMode, add_lora
 from multitask.model import MultiTaskModel
@@ -101,11 +101,9 @@ class TaskFeed:
             for start in range(0, len(shard) - batch_size + 1 if len(shard) >= batch_size else 1, batch_size):
                 yield shard[start : start + batch_size]
 
-    def eval_batches(self, batch_size: int) -> Iterator[list[int]]:
+    def eval_batches(self, batch_size: int) -> list[list[int]]:
         """Every example once, in batches of similar length (less padding); callers restore the order."""
-        order = sorted(range(len(self.dataset)), key=lambda i: len(self.dataset.examples[i].text))
-        for start in range(0, len(order), batch_size):
-            yield order[start : start + batch_size]
+        return length_sorted_batches([example.text for example in self.dataset.examples], batch_size)
 
 
 def resolve_device(name: str) -> torch.device:
