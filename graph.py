@@ -60,6 +60,16 @@ class GraphArgs(BaseModel):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         default="auto", description="Encoder dtype; auto = bf16/fp16 on GPU, fp32 on CPU."
     )
+    runtime: Literal["auto", "onnx", "torch"] = Field(
+        default="auto",
+        description="Encoder runtime; auto = onnx (onnxruntime, exported from the checkpoint on first start) on CPU "
+        "in float32, torch otherwise.",
+    )
+    onnx_cache_dir: str | None = Field(
+        default=None,
+        description="Where the Encoder keeps ONNX exports, one per checkpoint; default ~/.cache/multitask/onnx of "
+        "the replica's node.",
+    )
 
     @field_validator("checkpoint")
     @classmethod
@@ -81,7 +91,9 @@ def bind_graph(args: GraphArgs, options: Mapping[str, Mapping[str, Any]] | None 
         raise ValueError(
             f"No deployment {sorted(unknown)} in the graph. Available: {deployment_names(manifest.model.task_names)}"
         )
-    encoder = Encoder.options(**options.get(Encoder.name, {})).bind(args.checkpoint, args.device, args.dtype)
+    encoder = Encoder.options(**options.get(Encoder.name, {})).bind(
+        args.checkpoint, args.device, args.dtype, args.runtime, args.onnx_cache_dir
+    )
     heads = {}
     for task in manifest.model.task_names:
         name = head_deployment_name(task)

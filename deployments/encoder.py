@@ -1,10 +1,15 @@
 """The shared encoder deployment: tokenize -> transformer -> mean pool -> projection, with dynamic batching.
 
-Concurrent `encode` calls are batched together (`@serve.batch`, up to `max_batch_size` calls; the ingress
-already sends one call per batch of requests, so a call may bring more texts than that). The gathered texts are tokenized once, sorted by length and run in forward passes of at most `max_batch_size` texts
-and `max_batch_tokens` padded tokens (`EncoderRuntime.forward`), in a worker thread, so the replica's event loop
-keeps accepting requests and fills the next batch meanwhile. Every text is encoded once per request, whatever the
-number of heads that read its embedding.
+On CPU it runs the checkpoint's encoder through onnxruntime (`multitask/onnx_runtime.py`: ~2x torch's speed here
+and no torch in the process), exported once per checkpoint on first start; on a GPU, or with `runtime: torch`,
+through torch (`deployments/runtime.py`).
+
+Concurrent `encode` calls are batched continuously (`deployments/batcher.py`): a call that finds the encoder idle
+runs at once, calls that arrive during a forward pass form the next one, up to `max_batch_size` texts (the ingress
+already sends one call per batch of requests; a larger call runs alone). The gathered texts are tokenized once,
+sorted by length and run in passes of at most `max_batch_size` texts and `max_batch_tokens` padded tokens, in a
+worker thread, so the replica's event loop keeps accepting requests meanwhile. Every text is encoded once per
+request, whatever the number of heads that read its embedding.
 """
 
 from __future__ import annotations
@@ -12,14 +17,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+import ray
 from ray import serve
 
+from deployments.batcher import ContinuousBatcher
 from deployments.metrics import EncoderMetrics
-from deployments.runtime import EncoderRuntime
 from deployments.schemas import EncodedTexts, EncoderSettings
+from multitask.onnx_runtime import OnnxEncoderRuntime
+
+if TYPE_CHECKING:
+    from deployments.runtime import EncoderRuntime
 
 logger = logging.getLogger("ray.serve")
 
@@ -32,11 +42,20 @@ logger = logging.getLogger("ray.serve")
     user_config=EncoderSettings().model_dump(),
 )
 class Encoder:
-    def __init__(self, checkpoint: str, device: str = "auto", dtype: str = "auto"):
-        self.runtime = EncoderRuntime.load(checkpoint, device, dtype)
+    def __init__(
+        self,
+        checkpoint: str,
+        device: str = "auto",
+        dtype: str = "auto",
+        runtime: str = "auto",
+        onnx_cache_dir: str | None = None,
+    ):
+        self.runtime = load_runtime(checkpoint, device, dtype, runtime, onnx_cache_dir)
         self.fingerprint = self.runtime.fingerprint
         self.metrics = EncoderMetrics()
         self.settings = EncoderSettings()
+        # one forward at a time (it uses every thread it is given); calls arriving meanwhile form the next batch
+        self._batcher = ContinuousBatcher(self._encode_batch, self.settings.max_batch_size, max_in_flight=1, size=len)
         self._broken: str | None = None  # set when the device fails; check_health then restarts the replica
         self._batches = 0
         self._texts = 0
@@ -45,28 +64,19 @@ class Encoder:
 
     def reconfigure(self, user_config: dict) -> None:
         self.settings = EncoderSettings.model_validate(user_config or {})
-        self._encode_batch.set_max_batch_size(self.settings.max_batch_size)
-        self._encode_batch.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
-        if self.settings.torch_threads:
-            torch.set_num_threads(self.settings.torch_threads)
+        self._batcher.configure(max_batch_size=self.settings.max_batch_size)
+        if self.settings.threads and self.settings.threads != self.runtime.threads:
+            self.runtime.set_threads(self.settings.threads)
 
     async def encode(self, texts: list[str]) -> EncodedTexts:
         """Texts -> their embeddings (n, embedding_dim) float32, in order, and which were truncated."""
         if not texts:
             return EncodedTexts(np.zeros((0, self.runtime.dimension), np.float32), [], self.fingerprint)
-        # the ingress may gather many requests into one call: chunks of at most max_batch_size texts keep one
-        # gathered batch (at most max_batch_size calls) bounded; EncoderRuntime.forward cuts it into passes
-        size = self.settings.max_batch_size
-        parts = await asyncio.gather(
-            *(self._encode_batch(list(texts[i : i + size])) for i in range(0, len(texts), size))
-        )
-        embeddings = np.concatenate([part[0] for part in parts]) if len(parts) > 1 else parts[0][0]
-        truncated = [flag for part in parts for flag in part[1]]
+        embeddings, truncated = await self._batcher.submit(list(texts))
         return EncodedTexts(embeddings, truncated, self.fingerprint)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def _encode_batch(self, calls: list[list[str]]) -> list[tuple[np.ndarray, list[bool]]]:
-        """Several calls' texts -> one (texts, embedding_dim) array, split back per call."""
+        """Several calls' texts -> one forward (in passes of at most max_batch_size texts), split back per call."""
         texts = [text for call in calls for text in call]
         start = time.perf_counter()
         embeddings, truncated = await asyncio.to_thread(self._forward, texts)
@@ -90,17 +100,11 @@ class Encoder:
         settings = self.settings
         try:
             return self.runtime.forward(
-                texts,
-                threads=settings.torch_threads,
-                max_batch=settings.max_batch_size,
-                max_tokens=settings.max_batch_tokens,
+                texts, threads=settings.threads, max_batch=settings.max_batch_size, max_tokens=settings.max_batch_tokens
             )
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()  # one oversized batch; the replica stays usable
-            raise
         except RuntimeError as exc:
-            if self.runtime.device.type == "cuda":  # a CUDA error leaves the context unusable: restart the replica
-                self._broken = f"{type(exc).__name__}: {exc}"
+            if str(self.runtime.device).startswith("cuda") and "out of memory" not in str(exc):
+                self._broken = f"{type(exc).__name__}: {exc}"  # a CUDA error leaves the context unusable: restart
             raise
 
     def info(self) -> dict:
@@ -108,7 +112,7 @@ class Encoder:
         return {
             **self.runtime.describe(),
             "settings": self.settings.model_dump(),
-            "torch_threads": torch.get_num_threads(),
+            "threads": self.runtime.threads,
         }
 
     def stats(self) -> dict:
@@ -121,3 +125,22 @@ class Encoder:
     def check_health(self) -> None:
         if self._broken:
             raise RuntimeError(f"Encoder device failed: {self._broken}")
+
+
+def load_runtime(
+    checkpoint: str, device: str, dtype: str, runtime: str, onnx_cache_dir: str | None
+) -> OnnxEncoderRuntime | EncoderRuntime:
+    """The encoder's runtime. `device` auto = cuda when Ray gave this replica a GPU, else cpu; `runtime` auto =
+    onnx on CPU in float32, torch otherwise. torch is imported only for the torch runtime."""
+    if device == "auto":
+        device = "cuda" if ray.get_gpu_ids() else "cpu"
+    if runtime == "auto":
+        runtime = "onnx" if device == "cpu" and dtype in ("auto", "float32") else "torch"
+    if runtime == "onnx":
+        if device != "cpu" or dtype not in ("auto", "float32"):
+            raise ValueError(f"runtime onnx runs on CPU in float32, not {device}/{dtype}; use runtime: torch there.")
+        logger.info(f"Encoder: onnxruntime on CPU (exporting {checkpoint} on first start for this checkpoint)")
+        return OnnxEncoderRuntime.load(checkpoint, onnx_cache_dir)
+    from deployments.runtime import EncoderRuntime
+
+    return EncoderRuntime.load(checkpoint, device, dtype)

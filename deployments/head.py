@@ -59,8 +59,8 @@ class TaskHeadDeployment:
 
     def reconfigure(self, user_config: dict) -> None:
         self.settings = HeadSettings.model_validate(user_config or {})
-        if self.settings.torch_threads:  # the numpy head's BLAS threads (the setting's name predates numpy heads)
-            threadpool_limits(self.settings.torch_threads, user_api="blas")
+        if self.settings.threads:
+            threadpool_limits(self.settings.threads, user_api="blas")
 
     async def classify(self, encoded: EncodedTexts) -> list[dict]:
         """Embeddings of n texts -> n results `{label, confidence, scores}`, in the same order."""

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from multitask.batching import length_batches
 from multitask.checkpoint import load_encoder
 from multitask.encoder import SentenceEncoder
 
@@ -54,24 +55,6 @@ def truncated_flags(encoder: SentenceEncoder, texts: list[str], lengths: torch.T
     return flags
 
 
-def length_batches(lengths: list[int], max_batch: int = 0, max_tokens: int = 0) -> list[list[int]]:
-    """Indices sorted by length, cut into batches of at most `max_batch` items and `max_tokens` padded tokens
-    (batch size x its longest item; 0 = no limit). A single item longer than `max_tokens` gets a batch alone."""
-    order = sorted(range(len(lengths)), key=lengths.__getitem__)
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for i in order:  # ascending: the item added is the batch's longest
-        too_many = max_batch and len(current) >= max_batch
-        too_long = max_tokens and (len(current) + 1) * lengths[i] > max_tokens
-        if current and (too_many or too_long):
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
-
-
 class EncoderRuntime:
     """A checkpoint's encoder on one device and dtype, turning texts into float32 numpy embeddings."""
 
@@ -89,6 +72,14 @@ class EncoderRuntime:
     @property
     def fingerprint(self) -> str:
         return self.encoder.fingerprint
+
+    @property
+    def threads(self) -> int:
+        return torch.get_num_threads()
+
+    def set_threads(self, threads: int) -> None:
+        """torch's intra-op threads of the calling thread (`forward` sets them again in its own thread)."""
+        torch.set_num_threads(threads)
 
     @property
     def dimension(self) -> int:
@@ -113,8 +104,12 @@ class EncoderRuntime:
         truncated = truncated_flags(encoder, texts, torch.tensor([len(row) for row in ids]))
         for rows in length_batches([len(row) for row in ids], max_batch, max_tokens):
             batch = encoder.tokenizer.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="pt")
-            with torch.inference_mode():  # input_ids, attention_mask: (batch, seq) -> (batch, embedding_dim)
-                embeddings = encoder(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
+            try:
+                with torch.inference_mode():  # input_ids, attention_mask: (batch, seq) -> (batch, embedding_dim)
+                    embeddings = encoder(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
+            except torch.cuda.OutOfMemoryError:
+                torch.cuda.empty_cache()  # one oversized batch; the runtime stays usable
+                raise
             out[rows] = embeddings.float().cpu().numpy()
         return out, truncated
 
@@ -124,6 +119,7 @@ class EncoderRuntime:
             "fingerprint": self.fingerprint,
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
+            "runtime": "torch",
             "max_length": self.encoder.max_length,
             "dimension": self.dimension,
         }

@@ -144,12 +144,15 @@ class EncoderSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_batch_size: int = Field(default=32, gt=0, description="Texts per forward pass, across requests.")
+    max_batch_size: int = Field(
+        default=32, gt=0, description="Texts per forward pass, across requests (batches form without waiting)."
+    )
     max_batch_tokens: int = Field(
         default=4096, ge=0, description="Padded tokens per forward pass (texts x longest); 0 = no limit."
     )
-    batch_wait_timeout_s: float = Field(default=0.005, ge=0, description="How long a batch waits to fill.")
-    torch_threads: int = Field(default=0, ge=0, description="torch intra-op threads on CPU; 0 = leave as is.")
+    threads: int = Field(
+        default=0, ge=0, description="CPU threads of a forward pass (onnxruntime or torch intra-op); 0 = the default."
+    )
 
 
 class HeadSettings(BaseModel):
@@ -157,9 +160,7 @@ class HeadSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    torch_threads: int = Field(
-        default=1, ge=0, description="BLAS threads of the (numpy) head MLP; 0 = leave as is. Name kept for configs."
-    )
+    threads: int = Field(default=1, ge=0, description="BLAS threads of the (numpy) head MLP; 0 = leave as is.")
 
 
 # --- what flows between deployments -----------------------------------------------------------------------------

@@ -50,7 +50,7 @@ class Service:
 
 
 @pytest.fixture(scope="package")
-def service(checkpoint_dir: Path) -> Service:
+def service(checkpoint_dir: Path, tmp_path_factory) -> Service:
     import ray
     from ray import serve
 
@@ -62,7 +62,9 @@ def service(checkpoint_dir: Path) -> Service:
     ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
     try:
         port = free_port()
-        app, http_options = app_from_config(LOCAL_CONFIG, checkpoint=str(checkpoint_dir))
+        # a fresh ONNX cache: the Encoder exports this checkpoint on start, as on a user's first run
+        onnx_cache = tmp_path_factory.mktemp("onnx-cache")
+        app, http_options = app_from_config(LOCAL_CONFIG, checkpoint=str(checkpoint_dir), onnx_cache_dir=str(onnx_cache))
         serve.start(http_options={**http_options, "host": "127.0.0.1", "port": port})
         serve.run(app, name=APP_NAME, route_prefix="/")
         service = Service(f"http://127.0.0.1:{port}", checkpoint_dir, ray.get_runtime_context().gcs_address)

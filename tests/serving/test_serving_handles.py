@@ -52,14 +52,13 @@ def _round(value, digits: int = 5):
 
 def test_the_local_config_reaches_the_replicas(service):
     info = serve.get_deployment_handle("Encoder", app_name=APP_NAME).info.remote().result()
-    assert (info["device"], info["dtype"]) == ("cpu", "float32")
+    assert (info["device"], info["dtype"], info["runtime"]) == ("cpu", "float32", "onnx")
     assert info["settings"] == {
         "max_batch_size": 32,
         "max_batch_tokens": 4096,
-        "batch_wait_timeout_s": 0.005,
-        "torch_threads": 2,
+        "threads": 2,
     }
-    assert info["torch_threads"] == 2  # set from user_config, although Ray set OMP_NUM_THREADS=1
+    assert info["threads"] == 2  # set from user_config, although Ray set OMP_NUM_THREADS=1
     assert info["fingerprint"] == serve.get_app_handle(APP_NAME).tasks.remote().result()["model"]["fingerprint"]
 
 

@@ -10,7 +10,8 @@ from ray.exceptions import RayTaskError
 from ray.serve.exceptions import BackPressureError
 
 from deployments.errors import STATUS_CODES, ErrorKind, ServiceError, describe_errors, error_response, to_service_error
-from deployments.runtime import EncoderRuntime, length_batches, pick_dtype, truncated_flags
+from deployments.runtime import EncoderRuntime, pick_dtype, truncated_flags
+from multitask.batching import length_batches
 from multitask.errors import EncoderMismatchError
 
 

@@ -1,0 +1,176 @@
+"""The encoder on CPU through onnxruntime: the same embeddings as `SentenceEncoder`, without importing torch.
+
+    runtime = OnnxEncoderRuntime.load("checkpoints/default", threads=2)   # exports on first use, then cached
+    embeddings, truncated = runtime.forward(["a sentence", "another"])     # (2, 1024) float32, [False, False]
+
+Measured on the 2-core machine (all-MiniLM-L6-v2, fp32, 2 threads): a single text 2.6 ms vs torch's 7.1 ms,
+batches of 8-32 about 2x torch's texts/s; the serving process needs ~400 MB less memory without torch and
+transformers. The export (`multitask/onnx_export.py`) needs torch and runs once per checkpoint, in a subprocess,
+into a cache directory keyed by the checkpoint's files (`checkpoint_digest`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from multitask import errors
+from multitask.batching import length_batches
+from multitask.errors import CheckpointError
+from multitask.manifest import CONFIG_FILE, ENCODER_FILE, MODEL_FILE
+
+EXPORT_FORMAT = 1
+"""Bump when the exported files change meaning: exports of an older format in a cache are then redone."""
+ONNX_FILE, TOKENIZER_FILE, EXPORT_FILE = "encoder.onnx", "tokenizer.json", "export.json"
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "multitask" / "onnx"
+EXPORT_TIMEOUT_S = 1800.0
+ERROR_PREFIX = "multitask-error: "
+"""The export subprocess reports a MultitaskError (e.g. the checkpoint's fingerprint does not match its encoder) on
+a stderr line starting with this, so that `ensure_export` raises the same error class in the caller."""
+
+
+def checkpoint_digest(checkpoint: str | Path) -> str:
+    """SHA-256 of the files that define a checkpoint's encoder and projection, plus the export format: an export
+    made from other files (a retrained projection, another encoder) never matches."""
+    directory = Path(checkpoint)
+    digest = hashlib.sha256(f"onnx-export-format:{EXPORT_FORMAT}".encode())
+    for name in (CONFIG_FILE, MODEL_FILE, ENCODER_FILE):
+        path = directory / name
+        if path.is_file():
+            digest.update(name.encode())
+            with path.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
+def ensure_export(checkpoint: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """The directory holding `checkpoint`'s ONNX export in `cache_dir`, exporting it first (in a subprocess, which
+    imports torch and exits) when it is missing or was made from other files."""
+    checkpoint = Path(checkpoint)
+    digest = checkpoint_digest(checkpoint)
+    directory = Path(cache_dir or DEFAULT_CACHE_DIR).expanduser() / digest[:24]
+    if export_digest(directory) == digest:
+        return directory
+    project_root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [project_root, os.environ.get("PYTHONPATH")]))}
+    command = [sys.executable, "-m", "multitask.onnx_export", str(checkpoint), str(directory)]
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=EXPORT_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise CheckpointError(f"Exporting {checkpoint}'s encoder to ONNX took over {EXPORT_TIMEOUT_S:.0f} s.") from exc
+    for line in done.stderr.splitlines():
+        if line.startswith(ERROR_PREFIX):
+            error = json.loads(line.removeprefix(ERROR_PREFIX))
+            kind = getattr(errors, error["type"], None)
+            kind = kind if isinstance(kind, type) and issubclass(kind, errors.MultitaskError) else CheckpointError
+            raise kind(error["message"])
+    if done.returncode != 0 or export_digest(directory) != digest:
+        raise CheckpointError(
+            f"Exporting {checkpoint}'s encoder to ONNX failed (`{' '.join(command)}`, exit {done.returncode}): "
+            f"{done.stderr.strip()[-2000:]}\nServe it with runtime: torch instead, or fix the error above."
+        )
+    return directory
+
+
+def export_digest(directory: Path) -> str | None:
+    """The `checkpoint_digest` a complete export in `directory` was made from; None if there is none."""
+    try:
+        info = json.loads((directory / EXPORT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    complete = all((directory / name).is_file() for name in (ONNX_FILE, TOKENIZER_FILE))
+    return info.get("checkpoint_digest") if complete and info.get("format") == EXPORT_FORMAT else None
+
+
+class OnnxEncoderRuntime:
+    """An exported encoder (`ensure_export`'s directory) on CPU, turning texts into float32 numpy embeddings."""
+
+    device = "cpu"
+    dtype = "float32"
+
+    def __init__(self, directory: str | Path, threads: int = 0):
+        from tokenizers import Tokenizer
+
+        self.directory = Path(directory)
+        self.info = json.loads((self.directory / EXPORT_FILE).read_text())
+        self.max_length = int(self.info["max_length"])
+        self.tokenizer = Tokenizer.from_file(str(self.directory / TOKENIZER_FILE))
+        self.tokenizer.enable_truncation(self.max_length)  # `overflowing` then tells which texts were cut
+        self.tokenizer.no_padding()  # padded per pass, to that pass's longest text
+        self.threads = -1
+        self._session = None
+        self.set_threads(threads)
+
+    @classmethod
+    def load(cls, checkpoint: str | Path, cache_dir: str | Path | None = None, threads: int = 0) -> OnnxEncoderRuntime:
+        return cls(ensure_export(checkpoint, cache_dir), threads)
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.info["fingerprint"])
+
+    @property
+    def dimension(self) -> int:
+        return int(self.info["dimension"])
+
+    def set_threads(self, threads: int) -> None:
+        """A new session with `threads` intra-op threads (0 = onnxruntime's default, one per core). Its threads
+        sleep between runs instead of spinning: on a few shared cores a spinning pool starves the other replicas."""
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        self._session = ort.InferenceSession(
+            str(self.directory / ONNX_FILE), options, providers=["CPUExecutionProvider"]
+        )
+        self.threads = threads
+
+    def forward(
+        self, texts: list[str], threads: int = 0, max_batch: int = 0, max_tokens: int = 0
+    ) -> tuple[np.ndarray, list[bool]]:
+        """(n,) texts -> (n, embedding_dim) float32 embeddings and per-text truncation flags, in input order. Blocking.
+
+        Tokenized once, sorted by token count and cut into passes of at most `max_batch` texts and `max_tokens`
+        padded tokens (0 = no limit). `threads` > 0 different from the session's rebuilds the session first."""
+        if threads and threads != self.threads:
+            self.set_threads(threads)
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        if not texts:
+            return out, []
+        encodings = self.tokenizer.encode_batch(list(texts))
+        truncated = [bool(encoding.overflowing) for encoding in encodings]
+        lengths = [len(encoding.ids) for encoding in encodings]
+        pad = int(self.info["pad_token_id"])
+        session = self._session  # set_threads may swap it meanwhile (from the replica's event loop)
+        for rows in length_batches(lengths, max_batch, max_tokens):
+            width = max(lengths[i] for i in rows)
+            input_ids = np.full((len(rows), width), pad, dtype=np.int64)  # (batch, seq)
+            attention_mask = np.zeros((len(rows), width), dtype=np.int64)  # (batch, seq)
+            for row, i in enumerate(rows):
+                input_ids[row, : lengths[i]] = encodings[i].ids
+                attention_mask[row, : lengths[i]] = 1
+            (embeddings,) = session.run(["embeddings"], {"input_ids": input_ids, "attention_mask": attention_mask})
+            out[rows] = embeddings  # (batch, embedding_dim)
+        return out, truncated
+
+    def describe(self) -> dict:
+        return {
+            "encoder": self.info["encoder"],
+            "fingerprint": self.fingerprint,
+            "device": self.device,
+            "dtype": self.dtype,
+            "runtime": "onnx",
+            "max_length": self.max_length,
+            "dimension": self.dimension,
+        }

@@ -1,0 +1,84 @@
+"""The encoder on onnxruntime (the CPU serving path): same embeddings and truncation flags as torch, cached exports,
+and the checkpoint's own errors when an export cannot be made."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from multitask.errors import EncoderMismatchError
+from multitask.onnx_runtime import ONNX_FILE, OnnxEncoderRuntime, checkpoint_digest, ensure_export
+
+TEXTS = [
+    "Markets rallied after the vote. " * 40,  # over the 256-token window: truncated
+    "Hi.",
+    "Über-fast trains 🚄 connect the cities; 東京 is two hours away.",
+    "The striker scored twice in the final.",
+]
+
+
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("onnx-cache")
+
+
+@pytest.fixture(scope="module")
+def onnx_runtime(checkpoint_dir, onnx_cache) -> OnnxEncoderRuntime:
+    return OnnxEncoderRuntime.load(checkpoint_dir, onnx_cache, threads=2)
+
+
+def test_onnx_runtime_matches_the_in_process_model(onnx_runtime, reference_model):
+    embeddings, truncated = onnx_runtime.forward(TEXTS)
+    assert embeddings.dtype == np.float32 and embeddings.shape == (4, 1024)
+    assert truncated == [True, False, False, False]
+    with torch.inference_mode():
+        expected = reference_model.encoder(**reference_model.encoder.tokenize(TEXTS)).numpy()
+    assert np.abs(embeddings - expected).max() < 1e-4
+    assert onnx_runtime.fingerprint == reference_model.encoder.fingerprint
+    assert (
+        onnx_runtime.describe()["runtime"] == "onnx" and onnx_runtime.max_length == reference_model.encoder.max_length
+    )
+
+
+def test_onnx_tokenizer_gives_the_transformers_token_ids(onnx_runtime, reference_model):
+    tokenizer = reference_model.encoder.tokenizer
+    expected = tokenizer(TEXTS, truncation=True, max_length=reference_model.encoder.max_length)["input_ids"]
+    assert [encoding.ids for encoding in onnx_runtime.tokenizer.encode_batch(TEXTS)] == expected
+
+
+def test_onnx_passes_keep_input_order_and_thread_changes_apply(onnx_runtime):
+    whole, whole_truncated = onnx_runtime.forward(TEXTS)
+    parts, parts_truncated = onnx_runtime.forward(TEXTS, threads=1, max_batch=2, max_tokens=64)
+    assert np.abs(whole - parts).max() < 1e-4 and whole_truncated == parts_truncated
+    assert onnx_runtime.threads == 1
+    empty, flags = onnx_runtime.forward([])
+    assert empty.shape == (0, 1024) and flags == []
+
+
+def test_exports_are_cached_per_checkpoint_files(checkpoint_dir, onnx_cache, onnx_runtime, tmp_path):
+    exported = ensure_export(checkpoint_dir, onnx_cache)
+    assert exported == onnx_runtime.directory
+    before = (exported / ONNX_FILE).stat().st_mtime_ns
+    assert ensure_export(checkpoint_dir, onnx_cache) == exported  # no second export
+    assert (exported / ONNX_FILE).stat().st_mtime_ns == before
+    copy = tmp_path / "ckpt"
+    shutil.copytree(checkpoint_dir, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["metrics"] = {"retrained": True}  # any change to the checkpoint's files: another export
+    (copy / "config.json").write_text(json.dumps(config))
+    assert checkpoint_digest(copy) != checkpoint_digest(checkpoint_dir)
+
+
+def test_an_export_refused_by_the_checkpoint_raises_the_checkpoints_error(checkpoint_dir, tmp_path):
+    copy = tmp_path / "ckpt"
+    shutil.copytree(checkpoint_dir, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["encoder"]["fingerprint"] = "0" * 16
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(EncoderMismatchError, match="0{16}"):
+        ensure_export(copy, tmp_path / "cache")
+    assert not any((tmp_path / "cache").glob("*/encoder.onnx"))  # nothing half-made left behind
