@@ -18,8 +18,8 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-run: setup
-	$(VENV)/bin/serve run serve_config.local.yaml
+run: setup   # serve.env: Ray Serve settings of the Ray that `serve run` starts (HAProxy, throughput-optimized)
+	set -a && . ./serve.env && set +a && $(VENV)/bin/serve run serve_config.local.yaml
 
 test: setup
 	$(PY) -m pytest -ra

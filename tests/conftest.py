@@ -12,6 +12,13 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+# Every Ray these tests start serves as `make run` does: with serve.env's settings (HAProxy, throughput-optimized
+# Serve), set before anything imports ray.serve.
+from deployments.serve_env import read_serve_env  # noqa: E402
+
+for _key, _value in read_serve_env().items():
+    os.environ.setdefault(_key, _value)
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 

@@ -71,7 +71,13 @@ def test_local_config_fits_two_cpus_with_the_embedded_default():
     assert all(d["ray_actor_options"]["num_gpus"] == 0 for d in deployments)
     assert sum(d["ray_actor_options"]["num_cpus"] * d["autoscaling_config"]["min_replicas"] for d in deployments) <= 2
     assert any(d["ray_actor_options"]["num_cpus"] < 1 for d in deployments)
-    assert application["args"] == {"checkpoint": "checkpoints/default", "device": "cpu", "dtype": "float32"}
+    assert application["args"] == {
+        "checkpoint": "checkpoints/default",
+        "device": "cpu",
+        "dtype": "float32",
+        "runtime": "onnx",
+        "onnx_cache_dir": None,
+    }
     assert graph.GraphArgs.model_validate(application["args"]).checkpoint == str(ROOT / "checkpoints" / "default")
 
 
@@ -100,3 +106,19 @@ def test_head_deployment_names_follow_the_task_names():
 
     assert head_deployment_name("topic") == "TopicHead"
     assert head_deployment_name("news_region") == "NewsRegionHead"
+
+
+def test_serve_env_turns_on_haproxy_and_keeps_sync_handles_working(tmp_path):
+    from deployments.serve_env import read_serve_env
+
+    settings = read_serve_env()
+    assert settings["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and settings["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+    # drivers and other applications keep the router on its own loop, so `handle.remote(...).result()` works there
+    assert settings["RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP"] == "1"
+    for config in ("serve_config.local.yaml", "serve_config.yaml"):  # the graph's replicas only await: same loop
+        (application,) = load(config)["applications"]
+        assert application["runtime_env"]["env_vars"]["RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP"] == "0"
+    bad = tmp_path / "serve.env"
+    bad.write_text("# comment\n\nGOOD=1\nnot a setting\n")
+    with pytest.raises(ValueError, match=r"serve.env:4"):
+        read_serve_env(bad)
