@@ -1,16 +1,18 @@
 """Serving benchmark, in one run: the bare model in-process, the Serve graph over HTTP and through handles, and
 Infinity serving the same model folder; texts/s, p50/p99 latency and the RSS of each service's processes.
 
-    python bench/serving_bench.py                       # everything, ~8 min on 2 cores -> bench/results/serving_bench.*
+    python bench/serving_bench.py                       # everything, ~10 min on 2 cores -> bench/results/serving_bench.*
     python bench/serving_bench.py --only graph --duration 5   # quicker: one system
     python bench/serving_bench.py --readme              # also rewrite the Performance table in README.md
 
 Grid: 1, 8 and 32 concurrent closed-loop clients x 1 and 8 texts per request (`bench/loadgen.py`, every run
 bounded by `--duration` and `--max-requests`), all on 127.0.0.1.
-- bare: `load_model(checkpoint).predict` (encoder + both heads) in a subprocess, on batches of
-  min(clients x texts, 32) texts: the limit of this machine, with no serving at all.
-- graph-http / graph-handle: `serve_config.local.yaml` deployed in this process (Ray without dashboard, Serve on a
-  free port), `POST /v1/predict` (both tasks) and `serve.get_app_handle("multitask").predict.remote(...)`.
+- bare: what the graph's replicas run (onnxruntime encoder, numpy heads) called directly in a subprocess, on batches
+  of min(clients x texts, 32) texts: the limit of this machine, with no serving at all. bare torch:
+  `load_model(checkpoint).predict` (torch, its default threads), for reference.
+- graph-http / graph-handle: `serve_config.local.yaml` deployed in this process with serve.env's Ray settings
+  (`--ray-defaults`: without them; Ray without dashboard, Serve on a free port), `POST /v1/predict` (both tasks) and
+  `serve.get_app_handle("multitask").predict.remote(...)`.
 - infinity: `infinity_emb v2 --engine torch --device cpu` on the embedded all-MiniLM-L6-v2 folder (embeddings only;
   no heads), `HF_HUB_OFFLINE=1`, in its own venv (`.bench/infinity-venv`, created on first use: torch==2.13.0, then
   `infinity-emb[server,torch]`).
@@ -88,33 +90,58 @@ def max_memory(a: dict | None, b: dict) -> dict:
 
 # --- bare model, in a subprocess ------------------------------------------------------------------------------
 def bare_main(args: argparse.Namespace) -> None:
-    """`serving_bench.py bare`: the in-process limit; prints one JSON list of runs."""
-    import torch
+    """`serving_bench.py bare`: the in-process limit; prints one JSON list of runs.
 
-    from multitask.checkpoint import load_model
+    `--bare-runtime onnx`: what the graph's replicas run (the onnxruntime encoder, 2 threads, and the numpy heads),
+    with nothing between them; `torch`: `load_model(checkpoint).predict` with torch's defaults."""
+    checkpoint = ROOT / args.checkpoint
+    if args.bare_runtime == "onnx":
+        from multitask.manifest import label_scores, read_manifest
+        from multitask.numpy_head import NumpyHead
+        from multitask.onnx_runtime import OnnxEncoderRuntime
 
-    torch.set_num_threads(os.cpu_count() or 1)
-    model = load_model(ROOT / args.checkpoint)
+        encoder = OnnxEncoderRuntime.load(checkpoint, threads=os.cpu_count() or 1)
+        fingerprint = read_manifest(checkpoint).encoder.fingerprint
+        heads = {
+            task: NumpyHead.load(checkpoint, task, fingerprint) for task in read_manifest(checkpoint).model.task_names
+        }
+
+        def predict(texts: list[str]) -> list[dict]:
+            embeddings, _ = encoder.forward(texts, max_batch=32, max_tokens=4096)
+            per_task = {task: head.probabilities(embeddings).tolist() for task, head in heads.items()}
+            labels = {task: list(head.task.labels) for task, head in heads.items()}
+            return [
+                {task: label_scores(labels[task], rows[i]) for task, rows in per_task.items()}
+                for i in range(len(texts))
+            ]
+    else:
+        import torch
+
+        from multitask.checkpoint import load_model
+
+        torch.set_num_threads(os.cpu_count() or 1)
+        predict = load_model(checkpoint).predict
     texts = load_texts()
 
     async def run(c: int, k: int) -> dict:
         batch = min(c * k, BARE_MAX_BATCH)
 
         async def call(sample: list[str]) -> bool:
-            model.predict(sample)  # blocking on purpose: one client, the whole machine
+            predict(sample)  # blocking on purpose: one client, the whole machine
             return True
 
-        model.predict(texts[:batch])  # warm-up
+        predict(texts[:batch])  # warm-up
         stats = await closed_loop(call, texts, 1, batch, args.duration, args.max_requests)
         return {**stats, "concurrency": c, "texts_per_request": k, "batch": batch}
 
     runs = [asyncio.run(run(c, k)) for c, k in GRID]
-    print(json.dumps({"runs": runs, "memory": tree_rss_mb(os.getpid())}))
+    print(json.dumps({"runs": runs, "memory": tree_rss_mb(os.getpid()), "runtime": args.bare_runtime}))
 
 
-def measure_bare(args: argparse.Namespace) -> dict:
+def measure_bare(args: argparse.Namespace, runtime: str) -> dict:
+    command = [sys.executable, __file__, "bare", "--duration", str(args.duration), "--checkpoint", args.checkpoint]
     out = subprocess.run(
-        [sys.executable, __file__, "bare", "--duration", str(args.duration), "--checkpoint", args.checkpoint],
+        [*command, "--bare-runtime", runtime],
         check=True,
         capture_output=True,
         text=True,
@@ -200,9 +227,12 @@ def measure_infinity(args: argparse.Namespace, texts: list[str]) -> dict:
 
 # --- the Serve graph --------------------------------------------------------------------------------------------
 def measure_graph(args: argparse.Namespace, texts: list[str]) -> dict:
-    for item in args.serve_env:  # Ray/Serve settings must be in the environment before Ray starts
-        key, _, value = item.partition("=")
-        os.environ[key] = value
+    from deployments.serve_env import read_serve_env
+
+    # Ray/Serve settings must be in the environment before Ray starts (and before this process imports ray.serve)
+    settings = {} if args.ray_defaults else read_serve_env()
+    settings.update(item.partition("=")[::2] for item in args.serve_env)
+    os.environ.update(settings)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
@@ -217,12 +247,12 @@ def measure_graph(args: argparse.Namespace, texts: list[str]) -> dict:
         app, http_options = app_from_config(ROOT / args.config)
         serve.start(http_options={**http_options, "host": "127.0.0.1", "port": port})
         serve.run(app, name="multitask", route_prefix="/")
-        return asyncio.run(graph_grids(args, texts, port))  # one event loop: handles may bind to it
+        return asyncio.run(graph_grids(args, texts, port, settings))  # one event loop: handles may bind to it
     finally:
         ray.shutdown()
 
 
-async def graph_grids(args: argparse.Namespace, texts: list[str], port: int) -> dict:
+async def graph_grids(args: argparse.Namespace, texts: list[str], port: int, settings: dict) -> dict:
     from ray import serve
 
     try:
@@ -257,7 +287,7 @@ async def graph_grids(args: argparse.Namespace, texts: list[str], port: int) -> 
         return {
             "http": {"runs": http_runs, "memory": http_memory},
             "handle": {"runs": handle_runs, "memory": handle_memory},
-            "serve_env": args.serve_env,
+            "serve_env": [f"{k}={v}" for k, v in settings.items()],
         }
     finally:
         await serve.shutdown_async()
@@ -271,6 +301,7 @@ def ratio(a: float | None, b: float | None) -> str:
 def markdown(results: dict) -> str:
     systems = {
         "bare model": results.get("bare"),
+        "bare torch": results.get("bare_torch"),
         "graph HTTP": (results.get("graph") or {}).get("http"),
         "graph handle": (results.get("graph") or {}).get("handle"),
         "Infinity": results.get("infinity"),
@@ -352,15 +383,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", nargs="?", default="run", choices=["run", "bare"])
     parser.add_argument(
-        "--only", nargs="+", default=["bare", "infinity", "graph"], choices=["bare", "infinity", "graph"]
+        "--only",
+        nargs="+",
+        default=["bare", "bare-torch", "infinity", "graph"],
+        choices=["bare", "bare-torch", "infinity", "graph"],
     )
+    parser.add_argument("--bare-runtime", default="onnx", choices=["onnx", "torch"], help=argparse.SUPPRESS)
     parser.add_argument("--config", default="serve_config.local.yaml")
     parser.add_argument("--checkpoint", default="checkpoints/default")
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per measured cell")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of unmeasured load before each cell")
     parser.add_argument("--max-requests", type=int, default=20000, help="per cell, whatever the duration")
     parser.add_argument("--infinity-venv", default=str(INFINITY_VENV))
-    parser.add_argument("--serve-env", nargs="*", default=[], help="KEY=VALUE set before Ray starts")
+    parser.add_argument("--serve-env", nargs="*", default=[], help="KEY=VALUE set before Ray starts, after serve.env")
+    parser.add_argument("--ray-defaults", action="store_true", help="do not apply serve.env (Ray Serve's defaults)")
     parser.add_argument("--out", default=str(RESULTS / "serving_bench"), help="writes OUT.json and OUT.md")
     parser.add_argument("--readme", action="store_true", help="rewrite the README's table (performance-table markers)")
     args = parser.parse_args()
@@ -371,8 +407,11 @@ def main() -> None:
     results: dict = {"config": args.config, "duration_s": args.duration, "warmup_s": args.warmup}
     results["command"] = "python bench/serving_bench.py " + " ".join(sys.argv[1:])
     if "bare" in args.only:
-        print("bare model", file=sys.stderr)
-        results["bare"] = measure_bare(args)
+        print("bare model (onnxruntime encoder + numpy heads, as in the graph)", file=sys.stderr)
+        results["bare"] = measure_bare(args, "onnx")
+    if "bare-torch" in args.only:
+        print("bare model (torch)", file=sys.stderr)
+        results["bare_torch"] = measure_bare(args, "torch")
     if "infinity" in args.only:
         print("infinity", file=sys.stderr)
         results["infinity"] = measure_infinity(args, texts)
