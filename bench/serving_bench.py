@@ -244,12 +244,33 @@ def measure_graph(args: argparse.Namespace, texts: list[str]) -> dict:
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     try:
         port = free_port()
-        app, http_options = app_from_config(ROOT / args.config)
+        app, http_options = app_from_config(encoder_config(ROOT / args.config, args.encoder))
         serve.start(http_options={**http_options, "host": "127.0.0.1", "port": port})
         serve.run(app, name="multitask", route_prefix="/")
         return asyncio.run(graph_grids(args, texts, port, settings))  # one event loop: handles may bind to it
     finally:
         ray.shutdown()
+
+
+def encoder_config(path: Path, encoder: str) -> Path:
+    """The config as is (`config`), or with the Encoder on the torch runtime on CPU (`torch-cpu`: the GPU step's
+    code path, for a dry run) or on one GPU (`torch-gpu`: device cuda, dtype auto = bf16 where supported)."""
+    if encoder == "config":
+        return path
+    import tempfile
+
+    import yaml
+
+    config = yaml.safe_load(path.read_text())
+    (application,) = config["applications"]
+    on_gpu = encoder == "torch-gpu"
+    application["args"].update(device="cuda" if on_gpu else "cpu", dtype="auto", runtime="torch")
+    for deployment in application["deployments"]:
+        if deployment["name"] == "Encoder":
+            deployment["ray_actor_options"]["num_gpus"] = 1 if on_gpu else 0
+    out = Path(tempfile.mkdtemp(prefix="serving-bench-")) / path.name
+    out.write_text(yaml.safe_dump(config))
+    return out
 
 
 async def graph_grids(args: argparse.Namespace, texts: list[str], port: int, settings: dict) -> dict:
@@ -397,6 +418,12 @@ def main() -> None:
     parser.add_argument("--infinity-venv", default=str(INFINITY_VENV))
     parser.add_argument("--serve-env", nargs="*", default=[], help="KEY=VALUE set before Ray starts, after serve.env")
     parser.add_argument("--ray-defaults", action="store_true", help="do not apply serve.env (Ray Serve's defaults)")
+    parser.add_argument(
+        "--encoder",
+        default="config",
+        choices=["config", "torch-cpu", "torch-gpu"],
+        help="the Encoder as the config has it, or on the torch runtime on CPU / on one GPU (bench/gpu_check.sh)",
+    )
     parser.add_argument("--out", default=str(RESULTS / "serving_bench"), help="writes OUT.json and OUT.md")
     parser.add_argument("--readme", action="store_true", help="rewrite the README's table (performance-table markers)")
     args = parser.parse_args()
@@ -404,7 +431,8 @@ def main() -> None:
         return bare_main(args)
 
     texts = load_texts()
-    results: dict = {"config": args.config, "duration_s": args.duration, "warmup_s": args.warmup}
+    config = args.config + (f" (Encoder: {args.encoder})" if args.encoder != "config" else "")
+    results: dict = {"config": config, "duration_s": args.duration, "warmup_s": args.warmup}
     results["command"] = "python bench/serving_bench.py " + " ".join(sys.argv[1:])
     if "bare" in args.only:
         print("bare model (onnxruntime encoder + numpy heads, as in the graph)", file=sys.stderr)

@@ -68,8 +68,8 @@ class Ingress:
         )
         logger.info(
             f"multitask ready: POST /v1/predict, /v1/predict/{{task}}, /v1/embed; GET /v1/tasks, /healthz, "
-            f"/openapi.json, /docs (tasks {task_names}, checkpoint {checkpoint}), on the Serve HTTP proxy's "
-            "host:port (http_options in the config; 127.0.0.1:8000 in serve_config.local.yaml)."
+            f"/openapi.json, /docs (tasks {task_names}, checkpoint {checkpoint}), on http_options' host:port "
+            "(127.0.0.1:8000 in serve_config.local.yaml; HAProxy there with serve.env, else Serve's proxy)."
         )
 
     def reconfigure(self, user_config: dict) -> None:
