@@ -7,8 +7,10 @@ A call that finds a free slot starts at once (no fixed wait: a lone request pays
 `max_in_flight` batches run queue up, and the next free slot takes all of them, up to `max_batch_size` (in units of
 `size`; a single larger item still goes, alone). Under load, batches grow to what arrived during one batch's run,
 so batch size follows the load by itself. Serve's `@serve.batch` instead waits up to `batch_wait_timeout_s` for
-every batch, and forms batches while earlier ones still hold its concurrency permit, so batches formed then stay
-small: measured on 2 cores (onnxruntime encoder, 1 text per request) ... (README, Performance).
+every batch (5 ms there would be twice the onnxruntime encoder's time for one text), and forms batches while
+earlier ones still hold its concurrency permit, so batches formed then stay small. Together with the onnxruntime
+encoder this took 32 single-text clients from 60.5 to 152 texts/s and one-client p50 from 37.7 to 18.7 ms on the
+2-core machine (README, Performance; not measured apart).
 """
 
 from __future__ import annotations
