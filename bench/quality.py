@@ -206,6 +206,21 @@ def evaluate_checkpoint(checkpoint: Path, eval_sets: dict[str, TaskDataset], pro
     return metrics, time.perf_counter() - start
 
 
+def trained_row(config: TrainConfig, label: str, eval_sets: dict[str, TaskDataset], progress: bool) -> dict:
+    """Train `config`, evaluate its checkpoint: one results row (label, budget, training, metrics, timings)."""
+    info, train_seconds = run_trainer(config, progress)
+    metrics, eval_seconds = evaluate_checkpoint(config.output_dir, eval_sets, progress)
+    return {
+        "label": label,
+        "budget": budget_label(config),
+        "training": training_summary(config),
+        "metrics": metrics,
+        **info,
+        "train_seconds": train_seconds,
+        "eval_seconds": eval_seconds,
+    }
+
+
 def tfidf_baseline(
     config: TrainConfig, eval_sets: dict[str, TaskDataset], c_grid: list[float], progress: bool
 ) -> tuple[dict, dict, float]:
@@ -460,18 +475,11 @@ def main(argv: list[str] | None = None) -> int:
         log("frozen-encoder heads (project trainer, mode: frozen)")
         overrides = {**budget["frozen"], "mode": FinetuneMode.frozen}
         config = bench_config(base, data_dir, work / "frozen", tasks, overrides, max_train, max_validation, cache_dir)
-        info, train_seconds = run_trainer(config, progress)
-        metrics, eval_seconds = evaluate_checkpoint(config.output_dir, eval_sets, progress)
-        results["rows"]["frozen"] = {
-            "label": "frozen encoder + heads",
-            "budget": budget_label(config),
-            "training": training_summary(config),
-            "metrics": metrics,
-            **info,
-            "train_seconds": train_seconds,
-            "eval_seconds": eval_seconds,
-        }
-        log(f"frozen done: train {train_seconds:.0f}s (includes encoding uncached texts), eval {eval_seconds:.0f}s")
+        row = results["rows"]["frozen"] = trained_row(config, "frozen encoder + heads", eval_sets, progress)
+        log(
+            f"frozen done: train {row['train_seconds']:.0f}s (includes encoding uncached texts), "
+            f"eval {row['eval_seconds']:.0f}s"
+        )
         save()
 
     # 3. the shipped checkpoint
@@ -518,18 +526,8 @@ def main(argv: list[str] | None = None) -> int:
             results["rows"].pop("shipped")
         elif not joint_is_shipped:
             log(f"joint multi-task model, {budget_label(joint_config)}")
-            info, train_seconds = run_trainer(joint_config, progress)
-            metrics, eval_seconds = evaluate_checkpoint(joint_config.output_dir, eval_sets, progress)
-            results["rows"]["joint"] = {
-                "label": "joint multi-task",
-                "budget": budget_label(joint_config),
-                "training": training_summary(joint_config),
-                "metrics": metrics,
-                **info,
-                "train_seconds": train_seconds,
-                "eval_seconds": eval_seconds,
-            }
-            log(f"joint done: train {train_seconds:.0f}s, eval {eval_seconds:.0f}s")
+            row = results["rows"]["joint"] = trained_row(joint_config, "joint multi-task", eval_sets, progress)
+            log(f"joint done: train {row['train_seconds']:.0f}s, eval {row['eval_seconds']:.0f}s")
             save()
         settings = joint_config.training
         if settings.steps_per_epoch:
@@ -554,18 +552,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             config = lora_config(f"single-{task}", [task])
             log(f"single-task {task}, {budget_label(config)}")
-            info, train_seconds = run_trainer(config, progress)
-            metrics, eval_seconds = evaluate_checkpoint(config.output_dir, eval_sets, progress)
-            results["rows"][f"single:{task}"] = {
-                "label": f"{task} only (single-task)",
-                "budget": budget_label(config),
-                "training": training_summary(config),
-                "metrics": metrics,
-                **info,
-                "train_seconds": train_seconds,
-                "eval_seconds": eval_seconds,
-            }
-            log(f"single-task {task} done: train {train_seconds:.0f}s, eval {eval_seconds:.0f}s")
+            row = trained_row(config, f"{task} only (single-task)", eval_sets, progress)
+            results["rows"][f"single:{task}"] = row
+            log(f"single-task {task} done: train {row['train_seconds']:.0f}s, eval {row['eval_seconds']:.0f}s")
             save()
 
     if max_train or max_test or max_validation:
