@@ -101,10 +101,7 @@ def bare_main(args: argparse.Namespace) -> None:
         from multitask.onnx_runtime import OnnxEncoderRuntime
 
         encoder = OnnxEncoderRuntime.load(checkpoint, threads=os.cpu_count() or 1)
-        fingerprint = read_manifest(checkpoint).encoder.fingerprint
-        heads = {
-            task: NumpyHead.load(checkpoint, task, fingerprint) for task in read_manifest(checkpoint).model.task_names
-        }
+        heads = {task: NumpyHead.load(checkpoint, task) for task in read_manifest(checkpoint).model.task_names}
 
         def predict(texts: list[str]) -> list[dict]:
             embeddings, _ = encoder.forward(texts, max_batch=32, max_tokens=4096)

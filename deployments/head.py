@@ -46,7 +46,7 @@ def head_deployment_name(task: str) -> str:
 class TaskHeadDeployment:
     async def __init__(self, checkpoint: str, task: str, encoder: DeploymentHandle | None = None):
         trained_with = read_manifest(checkpoint).encoder.fingerprint
-        self.head = NumpyHead.load(checkpoint, task, trained_with)  # numpy: this process never imports torch
+        self.head = NumpyHead.load(checkpoint, task)  # numpy: this process never imports torch
         if encoder is not None:  # the encoder that will feed us, live
             await _wait_for_encoder(encoder, trained_with, task)
         self.task = task

@@ -34,7 +34,7 @@ from multitask.manifest import (  # noqa: F401 - re-exported: the manifest lives
     check_fingerprint,
     manifest_summary,
     read_manifest,
-    task_spec,
+    head_spec,
 )
 from multitask.model import MultiTaskModel
 
@@ -133,12 +133,7 @@ def load_head(
 ) -> TaskHead:
     """Load one task's head only. With `encoder_fingerprint`, refuse heads trained on a different encoder."""
     directory = Path(directory)
-    manifest = read_manifest(directory)
-    spec = task_spec(manifest, task, directory)
-    if encoder_fingerprint is not None:
-        check_fingerprint(
-            "encoder", manifest.encoder.fingerprint, encoder_fingerprint, manifest.model.encoder, directory
-        )
+    manifest, spec = head_spec(directory, task, encoder_fingerprint)
     head = TaskHead(spec, manifest.model.embedding_dim, manifest.model.dropout)
     _load_state(head, read_tensors(directory / MODEL_FILE, f"heads.{task}."), directory / MODEL_FILE)
     return head.to(device).eval()

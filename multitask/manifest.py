@@ -82,12 +82,23 @@ def read_manifest(directory: str | Path) -> CheckpointManifest:
     return manifest
 
 
-def task_spec(manifest: CheckpointManifest, task: str, directory: Path) -> TaskSpec:
-    """The checkpoint's spec of `task`; an unknown task is a CheckpointError listing the available ones."""
+def head_spec(
+    directory: str | Path, task: str, encoder_fingerprint: str | None = None
+) -> tuple[CheckpointManifest, TaskSpec]:
+    """What both head loaders (torch and numpy) check first: the checkpoint's manifest and its spec of `task` (an
+    unknown task is a CheckpointError listing the available ones); with `encoder_fingerprint`, refuse heads trained
+    on a different encoder (EncoderMismatchError)."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
     try:
-        return manifest.model.task(task)
+        spec = manifest.model.task(task)
     except KeyError as exc:
         raise CheckpointError(f"{directory / CONFIG_FILE}: {exc.args[0]}") from exc
+    if encoder_fingerprint is not None:
+        check_fingerprint(
+            "encoder", manifest.encoder.fingerprint, encoder_fingerprint, manifest.model.encoder, directory
+        )
+    return manifest, spec
 
 
 def check_fingerprint(what: str, expected: str, actual: str, encoder_name: str, directory: Path) -> None:

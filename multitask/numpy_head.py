@@ -17,7 +17,7 @@ from safetensors import SafetensorError, safe_open
 
 from multitask.config import TaskSpec
 from multitask.errors import CheckpointError
-from multitask.manifest import MODEL_FILE, check_fingerprint, read_manifest, task_spec
+from multitask.manifest import MODEL_FILE, head_spec
 
 
 class NumpyHead:
@@ -42,12 +42,7 @@ class NumpyHead:
         """`multitask.checkpoint.load_head` without torch: one task's weights; with `encoder_fingerprint`, refuse
         heads trained on a different encoder."""
         directory = Path(directory)
-        manifest = read_manifest(directory)
-        spec = task_spec(manifest, task, directory)
-        if encoder_fingerprint is not None:
-            check_fingerprint(
-                "encoder", manifest.encoder.fingerprint, encoder_fingerprint, manifest.model.encoder, directory
-            )
+        _, spec = head_spec(directory, task, encoder_fingerprint)
         path, prefix = directory / MODEL_FILE, f"heads.{task}."
         try:
             with safe_open(str(path), framework="np") as handle:
