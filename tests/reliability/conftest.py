@@ -8,7 +8,6 @@ checkpoint. Capacity: one ingress replica works on `MAX_INFLIGHT` requests at on
 from __future__ import annotations
 
 import os
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
+from ports import free_port
 
 APP_NAME = "multitask"
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,12 +46,6 @@ class Deployed:
                 pass
             assert time.monotonic() < deadline, f"/healthz not 200 within {within_s} s"
             time.sleep(0.5)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def small_config(tmp_path: Path) -> Path:

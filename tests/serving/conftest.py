@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 import requests
+from ports import free_port
 
 from multitask.checkpoint import load_model, save_checkpoint
 from multitask.model import MultiTaskModel
 
-from .helpers import APP_NAME, METRICS, free_port
+from .helpers import APP_NAME, METRICS
 
 LOCAL_CONFIG = Path(__file__).resolve().parents[2] / "serve_config.local.yaml"
 
@@ -64,7 +65,9 @@ def service(checkpoint_dir: Path, tmp_path_factory) -> Service:
         port = free_port()
         # a fresh ONNX cache: the Encoder exports this checkpoint on start, as on a user's first run
         onnx_cache = tmp_path_factory.mktemp("onnx-cache")
-        app, http_options = app_from_config(LOCAL_CONFIG, checkpoint=str(checkpoint_dir), onnx_cache_dir=str(onnx_cache))
+        app, http_options = app_from_config(
+            LOCAL_CONFIG, checkpoint=str(checkpoint_dir), onnx_cache_dir=str(onnx_cache)
+        )
         serve.start(http_options={**http_options, "host": "127.0.0.1", "port": port})
         serve.run(app, name=APP_NAME, route_prefix="/")
         service = Service(f"http://127.0.0.1:{port}", checkpoint_dir, ray.get_runtime_context().gcs_address)

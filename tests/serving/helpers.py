@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -11,12 +10,6 @@ import numpy as np
 APP_NAME = "multitask"
 METRICS = {"topic": {"test": {"accuracy": 0.5, "macro_f1": 0.4}}, "sentiment": {"test": {"accuracy": 0.6}}}
 DATA_DIR = Path(__file__).resolve().parents[3] / "shared" / "data"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def sample_texts(count: int) -> list[str]:

@@ -17,9 +17,8 @@ from pathlib import Path
 
 import requests
 import yaml
+from ports import free_port
 from ray.util.state import list_actors
-
-from .helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 180
