@@ -27,6 +27,7 @@ from deployments.batcher import ContinuousBatcher
 from deployments.metrics import EncoderMetrics
 from deployments.schemas import EncodedTexts, EncoderSettings
 from multitask.onnx_runtime import OnnxEncoderRuntime
+from multitask.storage import locate_checkpoint
 
 if TYPE_CHECKING:
     from deployments.runtime import EncoderRuntime
@@ -49,8 +50,10 @@ class Encoder:
         dtype: str = "auto",
         runtime: str = "auto",
         onnx_cache_dir: str | None = None,
+        checkpoint_cache_dir: str | None = None,
     ):
-        self.runtime = load_runtime(checkpoint, device, dtype, runtime, onnx_cache_dir)
+        directory = str(locate_checkpoint(checkpoint, checkpoint_cache_dir))  # a URI: fetched once per node
+        self.runtime = load_runtime(directory, device, dtype, runtime, onnx_cache_dir)
         self.fingerprint = self.runtime.fingerprint
         self.metrics = EncoderMetrics()
         self.settings = EncoderSettings()
@@ -133,7 +136,7 @@ def load_runtime(
     """The encoder's runtime. `device` auto = cuda when Ray gave this replica a GPU, else cpu; `runtime` auto =
     onnx on CPU in float32, torch otherwise. torch is imported only for the torch runtime."""
     if device == "auto":
-        device = "cuda" if ray.get_gpu_ids() else "cpu"
+        device = "cuda" if ray.get_gpu_ids() and _cuda_usable() else "cpu"
     if runtime == "auto":
         runtime = "onnx" if device == "cpu" and dtype in ("auto", "float32") else "torch"
     if runtime == "onnx":
@@ -144,3 +147,15 @@ def load_runtime(
     from deployments.runtime import EncoderRuntime
 
     return EncoderRuntime.load(checkpoint, device, dtype)
+
+
+def _cuda_usable() -> bool:
+    """Whether the GPU Ray assigned can be used. A node that declares GPUs without a working CUDA device (a missing
+    driver, or `--num-gpus` on a CPU node, as the cluster tests do) serves on CPU with a warning instead of failing
+    every replica start."""
+    import torch
+
+    if torch.cuda.is_available():
+        return True
+    logger.warning(f"Ray gave this Encoder GPU ids {ray.get_gpu_ids()}, but torch sees no CUDA device: serving on CPU.")
+    return False

@@ -22,6 +22,7 @@ from deployments.schemas import EncodedTexts, HeadSettings
 from multitask.errors import EncoderMismatchError
 from multitask.manifest import label_scores, read_manifest
 from multitask.numpy_head import NumpyHead
+from multitask.storage import locate_checkpoint
 
 logger = logging.getLogger("ray.serve")
 
@@ -44,7 +45,14 @@ def head_deployment_name(task: str) -> str:
     user_config=HeadSettings().model_dump(),
 )
 class TaskHeadDeployment:
-    async def __init__(self, checkpoint: str, task: str, encoder: DeploymentHandle | None = None):
+    async def __init__(
+        self,
+        checkpoint: str,
+        task: str,
+        encoder: DeploymentHandle | None = None,
+        checkpoint_cache_dir: str | None = None,
+    ):
+        checkpoint = locate_checkpoint(checkpoint, checkpoint_cache_dir)  # a URI: fetched once per node
         trained_with = read_manifest(checkpoint).encoder.fingerprint
         self.head = NumpyHead.load(checkpoint, task)  # numpy: this process never imports torch
         if encoder is not None:  # the encoder that will feed us, live

@@ -31,6 +31,7 @@ from deployments.http import create_app
 from deployments.metrics import IngressMetrics
 from deployments.schemas import EmbedRequest, EncodedTexts, Limits, PredictRequest
 from multitask.manifest import manifest_summary, read_manifest
+from multitask.storage import checkpoint_name, locate_checkpoint
 
 logger = logging.getLogger("ray.serve")
 
@@ -49,14 +50,20 @@ BATCHES_IN_FLIGHT = 2
 )
 @serve.ingress()
 class Ingress:
-    def __init__(self, checkpoint: str, encoder: DeploymentHandle, heads: dict[str, DeploymentHandle]):
-        self.manifest = read_manifest(checkpoint)
+    def __init__(
+        self,
+        checkpoint: str,
+        encoder: DeploymentHandle,
+        heads: dict[str, DeploymentHandle],
+        checkpoint_cache_dir: str | None = None,
+    ):
+        self.manifest = read_manifest(locate_checkpoint(checkpoint, checkpoint_cache_dir))  # a URI: fetched once
         task_names = self.manifest.model.task_names
         if sorted(heads) != sorted(task_names):
             raise ValueError(f"Heads {sorted(heads)} do not match the checkpoint's tasks {task_names}.")
         self.encoder = encoder
         self.heads = {task: heads[task] for task in task_names}  # checkpoint order = default result order
-        self.model_info = {**manifest_summary(self.manifest), "checkpoint": Path(checkpoint).name}
+        self.model_info = {**manifest_summary(self.manifest), "checkpoint": checkpoint_name(checkpoint)}
         self.limits = Limits()
         self.auth_token: bytes | None = None  # bearer-token auth of the HTTP routes (not /healthz); None = off
         self.inflight = 0  # predict/embed calls this replica works on now (shed past limits.max_inflight_requests)

@@ -4,7 +4,9 @@
     config.json          CheckpointManifest: model config, encoder identity, training config, metrics, calibration
     model.safetensors    projection.* and heads.<task>.* (each head loadable on its own)
     encoder.safetensors  LoRA adapters or full encoder weights (only when fine-tuned)
+    base_encoder/        the base encoder's weights and tokenizer (only in a bundle: `multitask bundle`)
     report/              evaluation report written by training (metrics, plots)
+    digest.json          every file's size and SHA-256 (written by uploads to storage URIs: multitask/storage.py)
 
 Heads refuse to load against an encoder whose fingerprint differs from the one they were trained with.
 """
@@ -18,11 +20,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from multitask.checkpoint_check import check_checkpoint  # noqa: F401 - re-exported: torch-free, for the serving side
 from multitask.encoder import SentenceEncoder, load_transformer, tensors_digest
 from multitask.errors import CheckpointError
 from multitask.finetune import apply_encoder_state, encoder_state, lora_spec_of
 from multitask.heads import TaskHead
 from multitask.manifest import (  # noqa: F401 - re-exported: the manifest lives in a torch-free module
+    BUNDLE_DIR,
     CONFIG_FILE,
     ENCODER_FILE,
     FORMAT_VERSION,
@@ -103,10 +107,12 @@ def read_tensors(path: Path, prefix: str = "") -> dict[str, torch.Tensor]:
 
 
 def load_encoder(directory: str | Path, device: str | torch.device = "cpu") -> SentenceEncoder:
-    """Load the checkpoint's encoder: base transformer, fine-tuned weights merged in, and the projection."""
+    """Load the checkpoint's encoder: base transformer (from the checkpoint's own copy in a bundle, else from what
+    the config names), fine-tuned weights merged in, and the projection."""
     directory = Path(directory)
     manifest = read_manifest(directory)
-    transformer, tokenizer = load_transformer(manifest.model)
+    bundled = directory / BUNDLE_DIR if manifest.encoder.bundled else None
+    transformer, tokenizer = load_transformer(manifest.model, bundled)
     encoder = SentenceEncoder(transformer, tokenizer, manifest.model)
     check_fingerprint(
         "base encoder", manifest.encoder.base_fingerprint, encoder.base_fingerprint, manifest.model.encoder, directory

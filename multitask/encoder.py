@@ -40,10 +40,18 @@ def resolve_encoder_source(name: str) -> str:
     return name  # a hub id; with HF_HUB_OFFLINE=1 it must already be in the local cache
 
 
-def load_transformer(config: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load the encoder's transformer and tokenizer (safetensors only, no remote code unless asked)."""
-    source = resolve_encoder_source(config.encoder)
-    kwargs = {"revision": config.revision, "trust_remote_code": config.trust_remote_code}
+def load_transformer(
+    config: ModelConfig, bundled: Path | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load the encoder's transformer and tokenizer (safetensors only, no remote code unless asked): from `bundled`,
+    a bundled checkpoint's own copy of them, when given; else from what `config.encoder` names."""
+    if bundled is not None:
+        if not bundled.is_dir():
+            raise CheckpointError(f"{bundled} is missing: the bundle is incomplete; bundle it again (`multitask bundle`).")
+        source, revision = str(bundled), None  # a plain folder: no hub revision applies
+    else:
+        source, revision = resolve_encoder_source(config.encoder), config.revision
+    kwargs = {"revision": revision, "trust_remote_code": config.trust_remote_code}
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     model = AutoModel.from_pretrained(source, use_safetensors=True, **kwargs)
     return model, tokenizer

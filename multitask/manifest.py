@@ -18,6 +18,8 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
 ENCODER_FILE = "encoder.safetensors"
+BUNDLE_DIR = "base_encoder"
+"""A bundled checkpoint's copy of the base encoder (weights and tokenizer, as `save_pretrained` writes them)."""
 
 
 class FinetuneMode(str, Enum):
@@ -48,6 +50,11 @@ class EncoderRecord(BaseModel):
     fingerprint: str = Field(description="Fingerprint of the encoder the heads saw: base plus fine-tuned weights.")
     finetune: FinetuneMode = FinetuneMode.frozen
     lora: LoraSpec | None = None
+    bundled: bool = Field(
+        default=False,
+        description=f"The base weights and tokenizer are inside the checkpoint ({BUNDLE_DIR}/, `multitask bundle`): "
+        "loading needs no model hub and no Hugging Face cache.",
+    )
 
 
 class CheckpointManifest(BaseModel):

@@ -23,7 +23,7 @@ import numpy as np
 from multitask import errors
 from multitask.batching import length_batches
 from multitask.errors import CheckpointError
-from multitask.manifest import CONFIG_FILE, ENCODER_FILE, MODEL_FILE
+from multitask.manifest import BUNDLE_DIR, CONFIG_FILE, ENCODER_FILE, MODEL_FILE
 
 EXPORT_FORMAT = 1
 """Bump when the exported files change meaning: exports of an older format in a cache are then redone."""
@@ -37,10 +37,11 @@ a stderr line starting with this, so that `ensure_export` raises the same error 
 
 def checkpoint_digest(checkpoint: str | Path) -> str:
     """SHA-256 of the files that define a checkpoint's encoder and projection, plus the export format: an export
-    made from other files (a retrained projection, another encoder) never matches."""
+    made from other files (a retrained projection, another encoder, other bundled base weights) never matches."""
     directory = Path(checkpoint)
     digest = hashlib.sha256(f"onnx-export-format:{EXPORT_FORMAT}".encode())
-    for name in (CONFIG_FILE, MODEL_FILE, ENCODER_FILE):
+    bundled = sorted(p.relative_to(directory).as_posix() for p in (directory / BUNDLE_DIR).rglob("*") if p.is_file())
+    for name in (CONFIG_FILE, MODEL_FILE, ENCODER_FILE, *bundled):
         path = directory / name
         if path.is_file():
             digest.update(name.encode())

@@ -1,6 +1,6 @@
 """Run the same training config on Ray Train: N data-parallel workers (TorchTrainer, PyTorch DDP).
 
-    multitask train --config configs/default.yaml --num-workers 2 [--use-gpu]
+    multitask train --config configs/default.yaml --num-workers 2 [--use-gpu] [--storage-path s3://bucket/ray-runs]
 
 Every worker runs `trainer.train` on its rank's shard of each task's training split, with the same seeded task
 schedule, so each DDP all-reduce sums gradients of the same head. Only one head runs per step, hence
@@ -9,8 +9,10 @@ schedule, so each DDP all-reduce sums gradients of the same head. Only one head 
 temporary folder and reports it with `ray.train.report`, Ray Train persists it under `storage_path`, and the
 driver copies it to `config.output_dir`.
 
-On one machine the storage is a temporary folder. On a multi-node cluster, pass `storage_path` pointing at storage
-every node can reach (NFS, `s3://...`), and make the data paths in the config readable on every node.
+On one machine the storage is a temporary folder. On a multi-node cluster, pass `storage_path` (`--storage-path`)
+pointing at storage every node can reach (NFS, `s3://...`: pyarrow.fs, with the AWS variables of
+`multitask/storage.py`), and make the data paths in the config readable on every node. `multitask train --output URI`
+then uploads the checkpoint the driver received.
 """
 
 from __future__ import annotations
