@@ -18,8 +18,12 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-run: setup   # serve.env: Ray Serve settings of the Ray that `serve run` starts (HAProxy, throughput-optimized)
-	set -a && . ./serve.env && set +a && $(VENV)/bin/serve run serve_config.local.yaml
+# serve.env: Ray Serve settings of the Ray that `serve run` starts (HAProxy, throughput-optimized); stale_haproxy first
+# stops an HAProxy that a crashed Ray left holding the ports (README, Run it locally). `make run SERVE_CONFIG=...`
+# serves another config.
+SERVE_CONFIG ?= serve_config.local.yaml
+run: setup
+	set -a && . ./serve.env && set +a && $(PY) -m deployments.stale_haproxy && $(VENV)/bin/serve run $(SERVE_CONFIG)
 
 test: setup
 	$(PY) -m pytest -ra
