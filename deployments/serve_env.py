@@ -15,7 +15,8 @@ SERVE_ENV_FILE = Path(__file__).resolve().parents[1] / "serve.env"
 
 
 def read_serve_env(path: Path = SERVE_ENV_FILE) -> dict[str, str]:
-    """KEY=VALUE lines of `path`; blank lines and `#` comments skipped."""
+    """KEY=VALUE lines of `path` (a value with spaces is quoted, as the shell that sources the file needs); blank
+    lines and `#` comments skipped."""
     settings = {}
     for number, line in enumerate(path.read_text().splitlines(), 1):
         line = line.strip()
@@ -24,5 +25,8 @@ def read_serve_env(path: Path = SERVE_ENV_FILE) -> dict[str, str]:
         key, sep, value = line.partition("=")
         if not sep or not key.strip().isidentifier():
             raise ValueError(f"{path}:{number}: expected KEY=VALUE, got {line!r}")
-        settings[key.strip()] = value.strip()
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        settings[key.strip()] = value
     return settings

@@ -32,7 +32,7 @@ def local_ray():
     os.environ["RAY_AUTH_MODE"] = "disabled"
     # A dashboard on a free port of its own: Ray Train's placement-group cleaner asks it whether the run is alive
     # (without one it would ask 127.0.0.1:8265, which may be another test's Ray on this shared machine).
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_port=_free_port())
+    ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_port=_free_port())
     try:
         yield
     finally:

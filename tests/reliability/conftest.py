@@ -74,7 +74,7 @@ def deployed(tmp_path_factory) -> Deployed:
 
     os.environ["RAY_AUTH_MODE"] = "disabled"
     assert not ray.is_initialized(), "tests/reliability needs its own Ray; another test left one running"
-    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False)  # never another Ray here
     try:
         port = free_port()
         app, http_options = app_from_config(

@@ -6,77 +6,19 @@ Bounded load on 127.0.0.1 only (threads that stop by themselves). Run alone, wit
 
 from __future__ import annotations
 
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 import psutil
 import pytest
 import requests
+from load import Load, assert_every_request_answered, errors_stopped_after, quantile
 
-from .conftest import APP_NAME, MAX_INFLIGHT, REQUEST_TIMEOUT_S, Deployed
+from .conftest import APP_NAME, MAX_INFLIGHT, REQUEST_TIMEOUT_S
 
 pytestmark = pytest.mark.slow
 
-TEXTS = ["The central bank raised rates again.", "What a fantastic match!", "New phone, same battery.", "Rain."]
 CLIENT_TIMEOUT_S = REQUEST_TIMEOUT_S + 12  # a request still open after this has hung
-SHED_BACKOFF_S = 0.1  # clients retry a 503 after this (impatient clients: keeps the pressure on)
-
-
-@dataclass
-class Outcome:
-    start: float
-    end: float
-    status: int  # 0 = no response (client timeout or connection error)
-    error_type: str = ""
-    retry_after: str | None = None
-
-
-@dataclass
-class Load:
-    """`clients` threads posting /v1/predict back to back until `stop` is set or `max_s` passes."""
-
-    service: Deployed
-    clients: int
-    max_s: float
-    outcomes: list[Outcome] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def _client(self) -> None:
-        session = requests.Session()
-        session.headers.update(self.service.headers)
-        deadline = time.monotonic() + self.max_s
-        while not self.stop.is_set() and time.monotonic() < deadline:
-            start = time.monotonic()
-            try:
-                response = session.post(
-                    self.service.url + "/v1/predict", json={"texts": TEXTS}, timeout=CLIENT_TIMEOUT_S
-                )
-                body = response.json() if response.status_code != 200 else {}
-                outcome = Outcome(
-                    start,
-                    time.monotonic(),
-                    response.status_code,
-                    body.get("error_type", ""),
-                    response.headers.get("retry-after"),
-                )
-            except (requests.RequestException, ValueError) as exc:
-                outcome = Outcome(start, time.monotonic(), 0, type(exc).__name__)
-            self.outcomes.append(outcome)
-            if outcome.status != 200:
-                time.sleep(SHED_BACKOFF_S)
-
-    def run(self, during=None) -> list[Outcome]:
-        """Run the load; `during()` runs in this thread meanwhile (e.g. kill a replica), then the load goes on
-        until `max_s` or until `during` sets `stop`."""
-        with ThreadPoolExecutor(self.clients) as pool:
-            futures = [pool.submit(self._client) for _ in range(self.clients)]
-            if during is not None:
-                during(self)
-            for future in futures:
-                future.result()
-        return self.outcomes
+DEADLINE_S = REQUEST_TIMEOUT_S + 5
 
 
 def replica_rss_bytes() -> int:
@@ -91,36 +33,18 @@ def replica_rss_bytes() -> int:
     return total
 
 
-def assert_every_request_answered(outcomes: list[Outcome], allowed: set[int]) -> None:
-    hung = [o for o in outcomes if o.status == 0]
-    assert not hung, f"{len(hung)} requests got no response: {hung[:3]}"
-    statuses = {o.status for o in outcomes}
-    assert statuses <= allowed, statuses
-    slowest = max(o.end - o.start for o in outcomes)
-    assert slowest < REQUEST_TIMEOUT_S + 5, f"a request took {slowest:.1f} s (deadline {REQUEST_TIMEOUT_S} s)"
-    for o in outcomes:
-        if o.status in (429, 503):
-            assert o.retry_after is not None, o
-            assert o.error_type in ("overloaded", "timeout", "unavailable"), o
-
-
-def _quantile(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
-
-
 def test_overload_at_4x_capacity_is_shed_quickly_and_nothing_hangs(deployed):
     rss_before = replica_rss_bytes()
     clients = 4 * MAX_INFLIGHT
-    outcomes = Load(deployed, clients=clients, max_s=30).run()
+    outcomes = Load(deployed, clients=clients, max_s=30, client_timeout_s=CLIENT_TIMEOUT_S).run()
     rss_after = replica_rss_bytes()
 
-    assert_every_request_answered(outcomes, allowed={200, 429, 503, 504})
+    assert_every_request_answered(outcomes, allowed={200, 429, 503, 504}, deadline_s=DEADLINE_S)
     ok = [o for o in outcomes if o.status == 200]
     shed = [o for o in outcomes if o.status in (429, 503)]
     assert ok, "nothing was served under overload"
     assert shed, f"{clients} clients against capacity {MAX_INFLIGHT}: nothing was shed"
-    shed_p50 = _quantile([o.end - o.start for o in shed], 0.5)
+    shed_p50 = quantile([o.end - o.start for o in shed], 0.5)
     assert shed_p50 < 1.0, f"503s took {shed_p50:.2f} s (median): shedding must be quick"
     growth = rss_after - rss_before
     assert growth < 512 * 2**20, f"replica memory grew {growth / 2**20:.0f} MiB under overload"
@@ -128,9 +52,9 @@ def test_overload_at_4x_capacity_is_shed_quickly_and_nothing_hangs(deployed):
     assert deployed.post("/v1/predict", json={"texts": ["after the storm"]}).status_code == 200
     print(
         f"\n[overload] {clients} clients (4x capacity {MAX_INFLIGHT}) for 30 s: {len(outcomes)} requests, "
-        f"{len(ok)} x 200 ({len(ok) / 30:.1f}/s, p50 {_quantile([o.end - o.start for o in ok], 0.5):.2f} s, "
-        f"p99 {_quantile([o.end - o.start for o in ok], 0.99):.2f} s), {len(shed)} shed "
-        f"(p50 {shed_p50 * 1000:.0f} ms, p99 {_quantile([o.end - o.start for o in shed], 0.99) * 1000:.0f} ms; "
+        f"{len(ok)} x 200 ({len(ok) / 30:.1f}/s, p50 {quantile([o.end - o.start for o in ok], 0.5):.2f} s, "
+        f"p99 {quantile([o.end - o.start for o in ok], 0.99):.2f} s), {len(shed)} shed "
+        f"(p50 {shed_p50 * 1000:.0f} ms, p99 {quantile([o.end - o.start for o in shed], 0.99) * 1000:.0f} ms; "
         f"{sorted({o.error_type for o in shed})}), slowest {max(o.end - o.start for o in outcomes):.2f} s, "
         f"replica RSS {rss_before / 2**20:.0f} -> {rss_after / 2**20:.0f} MiB"
     )
@@ -164,13 +88,11 @@ def test_a_killed_replica_is_replaced_and_service_recovers_within_30_s(deployed,
             time.sleep(0.5)
         load.stop.set()
 
-    outcomes = Load(deployed, clients=6, max_s=60).run(during=kill_then_watch)
-    assert_every_request_answered(outcomes, allowed={200, 503})
+    outcomes = Load(deployed, clients=6, max_s=60, client_timeout_s=CLIENT_TIMEOUT_S).run(during=kill_then_watch)
+    assert_every_request_answered(outcomes, allowed={200, 503}, deadline_s=DEADLINE_S)
     after = [o for o in outcomes if o.end > killed_at[0]]
     failures = [o for o in after if o.status != 200]
-    recovered_at = max((o.end for o in failures), default=killed_at[0])
-    assert any(o.status == 200 and o.start > recovered_at for o in after), "no success after the kill"
-    recovery_s = recovered_at - killed_at[0]
+    recovery_s = errors_stopped_after(outcomes, killed_at[0])
     assert recovery_s < 30, f"answering normally only {recovery_s:.1f} s after the kill"
     replacement = _replica_names(deployment)
     assert replacement and victim not in replacement, (victim, replacement)

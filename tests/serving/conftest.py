@@ -60,7 +60,7 @@ def service(checkpoint_dir: Path, tmp_path_factory) -> Service:
     os.environ["RAY_AUTH_MODE"] = "disabled"  # Ray >= 2.5x enables token auth by default
     assert not ray.is_initialized(), "tests/serving needs its own Ray; another test left one running"
     # the local config asks for 1.75 CPUs; one more leaves room for the second application of the handle tests
-    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False)  # never another Ray here
     try:
         port = free_port()
         # a fresh ONNX cache: the Encoder exports this checkpoint on start, as on a user's first run

@@ -57,12 +57,37 @@ def test_every_deployment_spells_out_its_options_in_full(name):
         settings.model_validate(deployment["user_config"])
 
 
-def test_cluster_config_puts_bge_large_on_a_gpu():
+def test_cluster_config_asks_a_gpu_for_the_encoder_and_picks_the_rest_by_itself():
+    """serve_config.yaml runs on a fresh cluster as it stands: the shipped checkpoint (installed with the package),
+    the Encoder on a GPU node; device, dtype and runtime follow what the replica gets."""
     (application,) = load("serve_config.yaml")["applications"]
+    deployments = {d["name"]: d for d in application["deployments"]}
+    assert deployments["Encoder"]["ray_actor_options"]["num_gpus"] == 1
+    assert all(d["ray_actor_options"]["num_gpus"] == 0 for name, d in deployments.items() if name != "Encoder")
+    assert application["args"]["checkpoint"] == "checkpoints/default"
+    assert {application["args"][key] for key in ("device", "dtype", "runtime")} == {"auto"}
+    assert "working_dir" not in application["runtime_env"]  # code and checkpoint come with the installed package
+
+
+def test_cpu_only_cluster_override_is_one_documented_key():
+    """README's CPU-only override: the Encoder's num_gpus to 0, and nothing else."""
+    config = load("serve_config.yaml")
+    (application,) = config["applications"]
     encoder = next(d for d in application["deployments"] if d["name"] == "Encoder")
-    assert encoder["ray_actor_options"]["num_gpus"] == 1
-    assert application["args"]["device"] == "cuda"
-    assert "bge-large" in application["args"]["checkpoint"]
+    encoder["ray_actor_options"]["num_gpus"] = 0
+    ServeDeploySchema.model_validate(config)
+    assert "num_gpus: 1                 # CPU-only cluster: 0" in (ROOT / "serve_config.yaml").read_text()
+    assert "`ray_actor_options.num_gpus` to 0" in (ROOT / "README.md").read_text()
+
+
+def test_bge_large_training_config_validates_without_running():
+    from multitask.training.config import load_train_config
+
+    config = load_train_config(ROOT / "configs" / "bge-large.yaml")
+    assert config.model.encoder == "BAAI/bge-large-en-v1.5"
+    assert [task.name for task in config.model.tasks] == [task.name for task in DEFAULT_TASKS]
+    assert config.model.embedding_dim == 1024
+    assert all(Path(path).name == "train.jsonl" for path in (config.data[t].train for t in config.data))
 
 
 def test_local_config_fits_two_cpus_with_the_embedded_default():
@@ -77,8 +102,10 @@ def test_local_config_fits_two_cpus_with_the_embedded_default():
         "dtype": "float32",
         "runtime": "onnx",
         "onnx_cache_dir": None,
+        "checkpoint_cache_dir": None,
     }
-    assert graph.GraphArgs.model_validate(application["args"]).checkpoint == str(ROOT / "checkpoints" / "default")
+    checkpoint = graph.GraphArgs.model_validate(application["args"]).checkpoint
+    assert graph.locate_checkpoint(checkpoint) == ROOT / "checkpoints" / "default"
 
 
 def test_config_options_for_unknown_deployments_are_refused(tmp_path, minilm_model):
