@@ -72,17 +72,18 @@ class Encoder:
             self.runtime.set_threads(self.settings.threads)
 
     async def encode(self, texts: list[str]) -> EncodedTexts:
-        """Texts -> their embeddings (n, embedding_dim) float32, in order, and which were truncated."""
+        """Texts -> their embeddings (n, embedding_dim) float32, in order, which were truncated, and how many
+        tokens of each the encoder read (the tokenizer is here, so token counts come from here too)."""
         if not texts:
-            return EncodedTexts(np.zeros((0, self.runtime.dimension), np.float32), [], self.fingerprint)
-        embeddings, truncated = await self._batcher.submit(list(texts))
-        return EncodedTexts(embeddings, truncated, self.fingerprint)
+            return EncodedTexts(np.zeros((0, self.runtime.dimension), np.float32), [], self.fingerprint, [])
+        embeddings, truncated, token_counts = await self._batcher.submit(list(texts))
+        return EncodedTexts(embeddings, truncated, self.fingerprint, token_counts)
 
-    async def _encode_batch(self, calls: list[list[str]]) -> list[tuple[np.ndarray, list[bool]]]:
+    async def _encode_batch(self, calls: list[list[str]]) -> list[tuple[np.ndarray, list[bool], list[int]]]:
         """Several calls' texts -> one forward (in passes of at most max_batch_size texts), split back per call."""
         texts = [text for call in calls for text in call]
         start = time.perf_counter()
-        embeddings, truncated = await asyncio.to_thread(self._forward, texts)
+        embeddings, truncated, token_counts = await asyncio.to_thread(self._forward, texts)
         passes = -(-len(texts) // self.settings.max_batch_size)
         self._batches += passes
         self._texts += len(texts)
@@ -90,19 +91,21 @@ class Encoder:
         self.metrics.batch_size.observe(len(texts))
         self.metrics.batch_latency_ms.observe((time.perf_counter() - start) * 1000)
         self.metrics.texts.inc(len(texts))
+        self.metrics.tokens.inc(sum(token_counts))
         if any(truncated):
             self.metrics.truncated.inc(sum(truncated))
         out, offset = [], 0
         for call in calls:
-            out.append((embeddings[offset : offset + len(call)], truncated[offset : offset + len(call)]))
+            span = slice(offset, offset + len(call))
+            out.append((embeddings[span], truncated[span], token_counts[span]))
             offset += len(call)
         return out
 
-    def _forward(self, texts: list[str]) -> tuple[np.ndarray, list[bool]]:
+    def _forward(self, texts: list[str]) -> tuple[np.ndarray, list[bool], list[int]]:
         """The blocking part, run in a worker thread: (n,) texts -> (n, embedding_dim) float32."""
         settings = self.settings
         try:
-            return self.runtime.forward(
+            return self.runtime.forward_with_token_counts(
                 texts, threads=settings.threads, max_batch=settings.max_batch_size, max_tokens=settings.max_batch_tokens
             )
         except RuntimeError as exc:

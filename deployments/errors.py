@@ -1,8 +1,11 @@
 """The service's error vocabulary: one closed set of kinds, one table of status codes, one JSON shape.
 
-Every error the service returns is `{"error": "<message>", "error_type": "<kind>"}`. Code raises `ServiceError`
-(or lets a known exception through, see `to_service_error`); `install_error_handlers` turns both into that shape,
-including FastAPI's own validation errors (422; malformed JSON is 400) and unknown routes (404/405).
+Every error the service returns is `{"error": "<message>", "error_type": "<kind>"}` (the shape Hugging Face's TEI
+uses too), except on the OpenAI-compatible route, `/v1/embeddings`, where it is OpenAI's
+`{"error": {"message", "type", "param", "code": "<kind>"}}`, so that the `openai` SDK raises its usual exceptions.
+Code raises `ServiceError` (or lets a known exception through, see `to_service_error`); `install_error_handlers`
+turns both into that shape, including FastAPI's own validation errors (422; malformed JSON is 400) and unknown
+routes (404/405); the middlewares answer through `error_response` with the request's path.
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ class ErrorKind(str, Enum):
     unauthorized = "unauthorized"  # auth is on and the bearer token is missing or wrong
     body_too_large = "body_too_large"  # body over `max_body_bytes`
     too_many_texts = "too_many_texts"  # more texts than `max_texts_per_request`
-    text_too_long = "text_too_long"  # a text over `max_chars_per_text`
     validation_error = "validation_error"  # schema: missing field, wrong type, empty list, extra field
     empty_text = "empty_text"  # a text that is empty or only whitespace
     unknown_task = "unknown_task"  # a task the checkpoint has no head for
@@ -47,7 +49,6 @@ STATUS_CODES: dict[ErrorKind, int] = {
     ErrorKind.unauthorized: 401,
     ErrorKind.body_too_large: 413,
     ErrorKind.too_many_texts: 413,
-    ErrorKind.text_too_long: 413,
     ErrorKind.validation_error: 422,
     ErrorKind.empty_text: 422,
     ErrorKind.unknown_task: 422,
@@ -80,13 +81,28 @@ class ServiceError(Exception):
         return (ServiceError, (self.kind, self.message))
 
 
-def error_response(kind: ErrorKind, message: str) -> JSONResponse:
-    """The one JSON error shape, with `Retry-After` on 503 and `WWW-Authenticate` on 401."""
+OPENAI_ROUTE = "/v1/embeddings"
+"""The route whose errors take OpenAI's shape (matched at the end of the path, whatever the route prefix)."""
+
+
+def error_response(kind: ErrorKind, message: str, path: str = "") -> JSONResponse:
+    """The error shape of `path`'s route, with `Retry-After` on 503 and `WWW-Authenticate` on 401."""
     status = STATUS_CODES[kind]
     headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
     if status == 401:
         headers = {"WWW-Authenticate": 'Bearer realm="multitask"'}
-    return JSONResponse({"error": message, "error_type": kind.value}, status_code=status, headers=headers)
+    if path.endswith(OPENAI_ROUTE):
+        body: dict = {"error": openai_error(kind, message)}
+    else:
+        body = {"error": message, "error_type": kind.value}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def openai_error(kind: ErrorKind, message: str) -> dict:
+    """OpenAI's error object: `type` is its coarse class (`invalid_request_error` for the client's mistakes,
+    `server_error` for ours), `code` the kind from this vocabulary."""
+    kind_of_error = "invalid_request_error" if STATUS_CODES[kind] < 500 else "server_error"
+    return {"message": message, "type": kind_of_error, "param": None, "code": kind.value}
 
 
 def to_service_error(exc: BaseException) -> ServiceError:
@@ -142,27 +158,27 @@ def install_error_handlers(app: FastAPI, record: Callable[[ErrorKind], None] | N
     """Make every error leaving `app` take the one JSON shape. `record(kind)` is called for the errors that
     arise in the HTTP layer itself (schema, body, routing, unexpected); `ServiceError`s are counted where raised."""
 
-    def answer(kind: ErrorKind, message: str) -> JSONResponse:
+    def answer(request: Request, kind: ErrorKind, message: str) -> JSONResponse:
         if record is not None:
             record(kind)
-        return error_response(kind, message)
+        return error_response(kind, message, request.url.path)
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        return error_response(exc.kind, exc.message)
+        return error_response(exc.kind, exc.message, request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return answer(*describe_errors(exc.errors()))
+        return answer(request, *describe_errors(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = _HTTP_KINDS.get(exc.status_code)
         if kind is None:
             kind = ErrorKind.validation_error if exc.status_code < 500 else ErrorKind.internal_error
-        return answer(kind, str(exc.detail))
+        return answer(request, kind, str(exc.detail))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         error = to_service_error(exc)
-        return answer(error.kind, error.message)
+        return answer(request, error.kind, error.message)

@@ -1,8 +1,9 @@
-"""The HTTP face of the ingress: routes of the v1 contract, the body-size limit, the one JSON error shape.
+"""The HTTP face of the ingress: routes of the v1 contract and the client-compatible ones (OpenAI embeddings,
+Hugging Face text-classification), the page at `/`, the body-size limit, bearer-token auth, the error shapes.
 
 `create_app(service)` builds the FastAPI (Starlette) app around an `Ingress` instance; each route validates the
-body with the pydantic models of `schemas.py` (which also generate /openapi.json) and calls the same method that
-Python handle callers use, so HTTP and handles return the same shapes.
+body with pydantic models (`schemas.py`, `openai_compat.py`, `hf_compat.py`, which also generate /openapi.json) and
+calls the same method that Python handle callers use, so HTTP and handles return the same shapes.
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deployments.errors import STATUS_CODES, ErrorKind, error_response, install_error_handlers
+from deployments.hf_compat import ClassifyRequest, ClassifyResponse
+from deployments.openai_compat import OpenAIEmbeddingsRequest, OpenAIEmbeddingsResponse, OpenAIErrorResponse
+from deployments.page import page_response
 from deployments.schemas import (
     EmbedRequest,
     EmbedResponse,
@@ -35,11 +39,11 @@ API_TITLE = "multitask: topic and sentiment classification"
 API_VERSION = "1.0.0"
 
 
-def _errors(*kinds: ErrorKind) -> dict:
-    """OpenAPI `responses` entries for the error kinds a route can return."""
+def _errors(*kinds: ErrorKind, model: type = ErrorResponse) -> dict:
+    """OpenAPI `responses` entries for the error kinds a route can return, in the error shape `model`."""
     responses: dict = {}
     for kind in kinds:
-        entry = responses.setdefault(STATUS_CODES[kind], {"model": ErrorResponse, "description": ""})
+        entry = responses.setdefault(STATUS_CODES[kind], {"model": model, "description": ""})
         entry["description"] = ", ".join(filter(None, [entry["description"], kind.value]))
     return responses
 
@@ -74,7 +78,7 @@ class JsonBodyGuard:
         length = dict(headers).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             self.on_reject(ErrorKind.body_too_large)
-            return await error_response(ErrorKind.body_too_large, message)(scope, receive, send)
+            return await error_response(ErrorKind.body_too_large, message, scope["path"])(scope, receive, send)
         scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
         received = 0
 
@@ -92,9 +96,10 @@ class JsonBodyGuard:
 
 class BearerAuth:
     """Optional bearer-token auth: when `token()` is not None, every route but the open ones (`/healthz`, for load
-    balancers and Serve) needs `Authorization: Bearer <token>`, compared in constant time; else 401."""
+    balancers and Serve; `/`, the page, which holds no data and asks for the token to call the API) needs
+    `Authorization: Bearer <token>`, compared in constant time; else 401."""
 
-    OPEN_PATHS = frozenset({"/healthz"})
+    OPEN_PATHS = frozenset({"/healthz", "/"})
 
     def __init__(self, app: ASGIApp, token: Callable[[], bytes | None], on_reject: Callable[[ErrorKind], None]):
         self.app = app
@@ -111,7 +116,7 @@ class BearerAuth:
             return await self.app(scope, receive, send)
         self.on_reject(ErrorKind.unauthorized)
         message = "Missing or wrong bearer token: send the header `Authorization: Bearer <token>`."
-        return await error_response(ErrorKind.unauthorized, message)(scope, receive, send)
+        return await error_response(ErrorKind.unauthorized, message, scope["path"])(scope, receive, send)
 
 
 def create_app(service: Ingress) -> FastAPI:
@@ -119,7 +124,8 @@ def create_app(service: Ingress) -> FastAPI:
         title=API_TITLE,
         version=API_VERSION,
         description="One shared sentence encoder, one head per task. Every error is "
-        '`{"error": str, "error_type": str}`; 503 responses carry `Retry-After`.',
+        '`{"error": str, "error_type": str}` (OpenAI\'s `{"error": {"message", "type", "param", "code"}}` on '
+        "`/v1/embeddings`); 503 responses carry `Retry-After`. `GET /` is a page to try it.",
         redoc_url=None,
     )
     install_error_handlers(app, record=service.count_http_error)
@@ -132,7 +138,7 @@ def create_app(service: Ingress) -> FastAPI:
     @app.post(
         "/v1/predict",
         response_model=PredictResponse,
-        responses=_errors(*_BODY_ERRORS, ErrorKind.unknown_task, ErrorKind.text_too_long),
+        responses=_errors(*_BODY_ERRORS, ErrorKind.unknown_task),
         summary="Classify texts with every task, or the tasks asked for",
     )
     async def predict(body: PredictRequest) -> JSONResponse:
@@ -141,7 +147,7 @@ def create_app(service: Ingress) -> FastAPI:
     @app.post(
         "/v1/predict/{task}",
         response_model=PredictResponse,
-        responses=_errors(*_BODY_ERRORS, ErrorKind.unknown_task, ErrorKind.text_too_long),
+        responses=_errors(*_BODY_ERRORS, ErrorKind.unknown_task),
         summary="Classify texts with one task",
     )
     async def predict_task(task: str, body: TaskPredictRequest) -> JSONResponse:
@@ -150,11 +156,29 @@ def create_app(service: Ingress) -> FastAPI:
     @app.post(
         "/v1/embed",
         response_model=EmbedResponse,
-        responses=_errors(*_BODY_ERRORS, ErrorKind.text_too_long),
+        responses=_errors(*_BODY_ERRORS),
         summary="Shared 1024-d sentence embeddings",
     )
     async def embed(body: EmbedRequest) -> JSONResponse:
         return JSONResponse(await service.embed(body.texts, body.normalize))
+
+    @app.post(
+        "/v1/embeddings",
+        response_model=OpenAIEmbeddingsResponse,
+        responses=_errors(*_BODY_ERRORS, model=OpenAIErrorResponse),
+        summary="OpenAI-compatible embeddings (the `openai` SDK's embeddings.create)",
+    )
+    async def openai_embeddings(body: OpenAIEmbeddingsRequest) -> JSONResponse:
+        return JSONResponse(await service.openai_embeddings(**body.model_dump()))
+
+    @app.post(
+        "/v1/classify/{task}",
+        response_model=ClassifyResponse,
+        responses=_errors(*_BODY_ERRORS, ErrorKind.unknown_task),
+        summary="Hugging Face text-classification with one task (huggingface_hub's InferenceClient, TEI's shape)",
+    )
+    async def classify(task: str, body: ClassifyRequest) -> JSONResponse:
+        return JSONResponse(await service.classify(task, body.inputs, body.parameters.top_k))
 
     @app.get(
         "/v1/tasks",
@@ -173,6 +197,10 @@ def create_app(service: Ingress) -> FastAPI:
     )
     async def healthz() -> JSONResponse:
         return JSONResponse(await service.health())
+
+    @app.get("/", response_class=HTMLResponse, summary="A page to try the model in a browser (calls the v1 API)")
+    async def page() -> HTMLResponse:
+        return page_response()
 
     return app
 

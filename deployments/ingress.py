@@ -3,6 +3,8 @@
     handle = serve.get_app_handle("multitask")
     await handle.predict.remote(["a sentence"], tasks=["topic"])   # same dict as POST /v1/predict
     await handle.embed.remote(["a sentence"])                       # same dict as POST /v1/embed
+    await handle.openai_embeddings.remote("a sentence")             # same dict as POST /v1/embeddings (OpenAI)
+    await handle.classify.remote("topic", "a sentence")             # same list as POST /v1/classify/topic (HF)
 
 Only the heads asked for are called, concurrently; each text goes through the encoder once, whatever the number
 of heads, and its embedding is shared by all of them.
@@ -27,8 +29,10 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.batcher import ContinuousBatcher
 from deployments.errors import ErrorKind, ServiceError, describe_errors, replica_died, to_service_error
+from deployments.hf_compat import ClassifyRequest, ranked
 from deployments.http import create_app
 from deployments.metrics import IngressMetrics
+from deployments.openai_compat import OpenAIEmbeddingsRequest, embeddings_response, request_texts
 from deployments.schemas import EmbedRequest, EncodedTexts, Limits, PredictRequest
 from multitask.manifest import manifest_summary, read_manifest
 from multitask.storage import checkpoint_name, locate_checkpoint
@@ -74,8 +78,9 @@ class Ingress:
             self._run_batch, BATCH_MAX_TEXTS, max_in_flight=BATCHES_IN_FLIGHT, size=lambda request: len(request[0])
         )
         logger.info(
-            f"multitask ready: POST /v1/predict, /v1/predict/{{task}}, /v1/embed; GET /v1/tasks, /healthz, "
-            f"/openapi.json, /docs (tasks {task_names}, checkpoint {checkpoint}), on http_options' host:port "
+            f"multitask ready: POST /v1/predict, /v1/predict/{{task}}, /v1/embed, /v1/embeddings (OpenAI), "
+            f"/v1/classify/{{task}} (Hugging Face); GET / (a page to try it), /v1/tasks, /healthz, /openapi.json, "
+            f"/docs (tasks {task_names}, checkpoint {checkpoint}), on http_options' host:port "
             "(127.0.0.1:8000 in serve_config.local.yaml; HAProxy there with serve.env, else Serve's proxy)."
         )
 
@@ -93,10 +98,10 @@ class Ingress:
         """`POST /v1/predict`: one result per text, in order, with only the asked tasks."""
         with self._observe("predict"), self._admit():
             request = _validate(PredictRequest, texts=texts, tasks=tasks, return_embeddings=return_embeddings)
-            self._check_texts(request.texts)
+            texts, clipped = self._check_texts(request.texts)
             tasks = self._check_tasks(request.tasks)
             results = await self._within_deadline(
-                lambda: self._predict(request.texts, tasks, request.return_embeddings)
+                lambda: self._predict(texts, clipped, tasks, request.return_embeddings)
             )
             return {"results": results, "model": self.model_info}
 
@@ -104,17 +109,54 @@ class Ingress:
         """`POST /v1/embed`: the shared embeddings, unit-normalized unless asked otherwise."""
         with self._observe("embed"), self._admit():
             request = _validate(EmbedRequest, texts=texts, normalize=normalize)
-            self._check_texts(request.texts)
-            encoded: EncodedTexts = await self._within_deadline(lambda: self.encoder.encode.remote(request.texts))
-            embeddings = encoded.embeddings  # (n, embedding_dim)
-            if request.normalize:
-                embeddings = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+            texts, clipped = self._check_texts(request.texts)
+            encoded: EncodedTexts = await self._within_deadline(lambda: self.encoder.encode.remote(texts))
+            embeddings = _unit_norm(encoded.embeddings) if request.normalize else encoded.embeddings  # (n, dim)
             return {
                 "embeddings": embeddings.tolist(),
                 "dimension": int(embeddings.shape[1]),
-                "truncated": encoded.truncated,
+                "truncated": [cut or flag for cut, flag in zip(clipped, encoded.truncated)],
                 "model": self.model_info,
             }
+
+    async def openai_embeddings(
+        self,
+        input: str | list[str],
+        model: str | None = None,
+        encoding_format: str = "float",
+        dimensions: int | None = None,
+        user: str | None = None,
+    ) -> dict:
+        """`POST /v1/embeddings`: OpenAI's embeddings response (unit-normalized, as OpenAI's are), with
+        `usage.prompt_tokens` counted by the encoder's own tokenizer."""
+        with self._observe("openai_embeddings"), self._admit():
+            request = _validate(
+                OpenAIEmbeddingsRequest,
+                input=input,
+                model=model,
+                encoding_format=encoding_format,
+                dimensions=dimensions,
+                user=user,
+            )
+            texts, _ = self._check_texts(request_texts(request, self.manifest.model.embedding_dim), field="input")
+            encoded: EncodedTexts = await self._within_deadline(lambda: self.encoder.encode.remote(texts))
+            return embeddings_response(
+                _unit_norm(encoded.embeddings),
+                encoded.token_counts,
+                request.encoding_format,
+                self.model_info["checkpoint"],
+            )
+
+    async def classify(self, task: str, inputs: str | list[str], top_k: int | None = None) -> list[list[dict]]:
+        """`POST /v1/classify/{task}`: Hugging Face text-classification, one `[{label, score}, ...]` per input,
+        best first (the first `top_k` labels; all when None)."""
+        with self._observe("classify"), self._admit():
+            request = _validate(ClassifyRequest, inputs=inputs, parameters={"top_k": top_k})
+            texts = [request.inputs] if isinstance(request.inputs, str) else request.inputs
+            texts, clipped = self._check_texts(texts, field="inputs")
+            tasks = self._check_tasks([task])
+            results = await self._within_deadline(lambda: self._predict(texts, clipped, tasks, False))
+            return [ranked(result[task]["scores"], request.parameters.top_k) for result in results]
 
     def tasks(self) -> dict:
         """`GET /v1/tasks`: every task with its labels, evaluation metrics and calibration."""
@@ -158,7 +200,9 @@ class Ingress:
         does not get every ingress replica restarted (GET /healthz reports them instead)."""
 
     # --- internals ---------------------------------------------------------------------------------------------
-    async def _predict(self, texts: list[str], tasks: list[str], return_embeddings: bool) -> list[dict]:
+    async def _predict(
+        self, texts: list[str], clipped: list[bool], tasks: list[str], return_embeddings: bool
+    ) -> list[dict]:
         batch, outputs = await self._batcher.submit((texts, tasks))
         results: list[dict] = [{} for _ in texts]
         for task, per_text in zip(tasks, outputs):
@@ -169,7 +213,7 @@ class Ingress:
         for i, result in enumerate(results):
             if return_embeddings:
                 result["embedding"] = batch.embeddings[i].tolist()
-            result["truncated"] = batch.truncated[i]
+            result["truncated"] = clipped[i] or batch.truncated[i]
         return results
 
     async def _run_batch(
@@ -203,7 +247,10 @@ class Ingress:
         answers = []
         for r, (_, asked) in enumerate(requests):
             span = range(starts[r], starts[r + 1])
-            mine = EncodedTexts(encoded.embeddings[span.start : span.stop], encoded.truncated[span.start : span.stop])
+            rows = slice(span.start, span.stop)
+            mine = EncodedTexts(
+                encoded.embeddings[rows], encoded.truncated[rows], token_counts=encoded.token_counts[rows]
+            )
             answers.append((mine, [[by_row[task][i] for i in span] for task in asked]))
         return answers
 
@@ -223,7 +270,9 @@ class Ingress:
                     continue
                 raise to_service_error(exc) from exc
 
-    def _check_texts(self, texts: list[str]) -> None:
+    def _check_texts(self, texts: list[str], field: str = "texts") -> tuple[list[str], list[bool]]:
+        """Refuse too many texts, empty ones and invalid Unicode; cut each text to `max_chars_per_text` characters.
+        Returns the texts to encode and which of them were cut (their results say `truncated`)."""
         limits = self.limits
         if len(texts) > limits.max_texts_per_request:
             raise ServiceError(
@@ -232,18 +281,15 @@ class Ingress:
             )
         for i, text in enumerate(texts):
             if not _has_content(text):
-                raise ServiceError(ErrorKind.empty_text, f"texts[{i}] is empty; every text needs some content.")
+                raise ServiceError(ErrorKind.empty_text, f"{field}[{i}] is empty; every text needs some content.")
             if _has_surrogate(text):
                 raise ServiceError(
                     ErrorKind.validation_error,
-                    f"texts[{i}] holds a lone UTF-16 surrogate (e.g. \\ud800), which is not valid Unicode; "
+                    f"{field}[{i}] holds a lone UTF-16 surrogate (e.g. \\ud800), which is not valid Unicode; "
                     "send valid UTF-8 (pairs of surrogate escapes are fine).",
                 )
-            if len(text) > limits.max_chars_per_text:
-                raise ServiceError(
-                    ErrorKind.text_too_long,
-                    f"texts[{i}] has {len(text)} characters; the limit is {limits.max_chars_per_text}.",
-                )
+        clipped = [len(text) > limits.max_chars_per_text for text in texts]
+        return [text[: limits.max_chars_per_text] for text in texts], clipped
 
     def _check_tasks(self, tasks: list[str] | None) -> list[str]:
         if tasks is None:
@@ -321,13 +367,18 @@ def _has_surrogate(text: str) -> bool:
     return False
 
 
+def _unit_norm(embeddings: np.ndarray) -> np.ndarray:
+    """(n, dim) -> each row scaled to unit L2 norm (an all-zero row stays zero)."""
+    return embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+
+
 async def _ping(handle: DeploymentHandle) -> str:
     return await handle.ping.remote()
 
 
-def _validate(model, **fields):
+def _validate(schema, /, **fields):
     """Validate handle callers' arguments with the HTTP request model: same rules, same error kinds."""
     try:
-        return model.model_validate(fields)
+        return schema.model_validate(fields)
     except ValidationError as exc:
         raise ServiceError(*describe_errors(exc.errors())) from None

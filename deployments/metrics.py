@@ -34,6 +34,9 @@ class EncoderMetrics:
             "multitask_encoder_batch_latency_ms", "Wall time of one encoder forward pass.", LATENCY_BUCKETS_MS
         )
         self.texts = Counter("multitask_encoder_texts", "Texts encoded.")
+        self.tokens = Counter(
+            "multitask_encoder_tokens", "Tokens the encoder read (after truncation, special tokens included)."
+        )
         self.truncated = Counter("multitask_encoder_truncated_texts", "Texts cut to the encoder's max tokens.")
 
 

@@ -17,6 +17,7 @@ import torch
 from multitask.batching import length_batches
 from multitask.checkpoint import load_encoder
 from multitask.encoder import SentenceEncoder
+from multitask.text_window import Tokenized, tokenize_in_window
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -88,20 +89,28 @@ class EncoderRuntime:
     def forward(
         self, texts: list[str], threads: int = 0, max_batch: int = 0, max_tokens: int = 0
     ) -> tuple[np.ndarray, list[bool]]:
-        """(n,) texts -> (n, embedding_dim) float32 embeddings and per-text truncation flags, in input order. Blocking.
+        """(n,) texts -> (n, embedding_dim) float32 embeddings and per-text truncation flags, in input order. Blocking."""
+        embeddings, truncated, _ = self.forward_with_token_counts(texts, threads, max_batch, max_tokens)
+        return embeddings, truncated
 
-        The texts are tokenized once, sorted by token count and cut into passes of at most `max_batch` texts and
-        `max_tokens` padded tokens (0 = no limit), so that a short text is never padded to a long one's length.
-        `threads` > 0 sets torch's intra-op threads for the calling thread first (with OpenMP the setting is per
-        thread, and Serve runs this in a worker thread)."""
+    def forward_with_token_counts(
+        self, texts: list[str], threads: int = 0, max_batch: int = 0, max_tokens: int = 0
+    ) -> tuple[np.ndarray, list[bool], list[int]]:
+        """`forward`, plus each text's token count as the encoder read it (truncated, special tokens included).
+
+        The texts are tokenized once (long ones only as far as the window reaches: `multitask/text_window.py`),
+        sorted by token count and cut into passes of at most `max_batch` texts and `max_tokens` padded tokens
+        (0 = no limit), so that a short text is never padded to a long one's length. `threads` > 0 sets torch's
+        intra-op threads for the calling thread first (with OpenMP the setting is per thread, and Serve runs this in
+        a worker thread)."""
         if threads and torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
-        encoder, limit = self.encoder, self.encoder.max_length
+        encoder = self.encoder
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
         if not texts:
-            return out, []
-        ids = encoder.tokenizer(list(texts), truncation=True, max_length=limit)["input_ids"]  # unpadded
-        truncated = truncated_flags(encoder, texts, torch.tensor([len(row) for row in ids]))
+            return out, [], []
+        tokenized = tokenize_in_window(list(texts), encoder.max_length, self._tokenize)
+        ids = [row for row, _ in tokenized]  # unpadded
         for rows in length_batches([len(row) for row in ids], max_batch, max_tokens):
             batch = encoder.tokenizer.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="pt")
             try:
@@ -111,7 +120,12 @@ class EncoderRuntime:
                 torch.cuda.empty_cache()  # one oversized batch; the runtime stays usable
                 raise
             out[rows] = embeddings.float().cpu().numpy()
-        return out, truncated
+        return out, [overflowed for _, overflowed in tokenized], [len(row) for row in ids]
+
+    def _tokenize(self, texts: list[str]) -> list[Tokenized]:
+        encoder = self.encoder
+        ids = encoder.tokenizer(texts, truncation=True, max_length=encoder.max_length)["input_ids"]
+        return list(zip(ids, truncated_flags(encoder, texts, torch.tensor([len(row) for row in ids]))))
 
     def describe(self) -> dict:
         return {

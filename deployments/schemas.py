@@ -20,9 +20,9 @@ class _Request(BaseModel):
 
     texts: list[str] = Field(
         min_length=1,
-        description="Sentences to process, at most `max_texts_per_request` (default 64), each non-empty and at most "
-        "`max_chars_per_text` characters (default 10000). Texts over the encoder's token limit are truncated and "
-        "flagged `truncated`.",
+        description="Texts to process, at most `max_texts_per_request` (default 64), each non-empty, of any length "
+        "within the body limit. Texts over the encoder's token window (or `max_chars_per_text`, default 100000) are "
+        "truncated and flagged `truncated`.",
         examples=[_EXAMPLE_TEXTS],
     )
 
@@ -121,7 +121,12 @@ class Limits(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_texts_per_request: int = Field(default=64, gt=0, description="More texts -> 413 too_many_texts.")
-    max_chars_per_text: int = Field(default=10_000, gt=0, description="Longer text -> 413 text_too_long.")
+    max_chars_per_text: int = Field(
+        default=100_000,
+        gt=0,
+        description="Characters of a text the service reads; the rest is dropped and the text flagged `truncated` "
+        "(the encoder reads at most its token window anyway). Never an error: bodies are bounded by max_body_bytes.",
+    )
     max_body_bytes: int = Field(default=1_048_576, gt=0, description="Larger body -> 413 body_too_large.")
     request_timeout_s: float = Field(default=30.0, gt=0, description="Graph answer deadline -> 503 timeout.")
     health_timeout_s: float = Field(default=5.0, gt=0, description="Per-deployment ping deadline in /healthz.")
@@ -171,3 +176,4 @@ class EncodedTexts:
     embeddings: np.ndarray  # (n_texts, embedding_dim) float32
     truncated: list[bool] = field(default_factory=list)  # per text: cut to the encoder's max tokens
     fingerprint: str = ""  # the encoder that produced them; heads refuse other encoders
+    token_counts: list[int] = field(default_factory=list)  # per text: tokens the encoder read (specials included)

@@ -8,12 +8,14 @@ encoder with seeded, untrained heads (so the tests do not depend on training), p
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import requests
+import yaml
 from ports import free_port
 
 from multitask.checkpoint import load_model, save_checkpoint
@@ -42,12 +44,30 @@ class Service:
     url: str
     checkpoint: Path
     gcs_address: str
+    onnx_cache: Path
 
     def post(self, path: str, **kwargs) -> requests.Response:
         return requests.post(self.url + path, timeout=60, **kwargs)
 
     def get(self, path: str, **kwargs) -> requests.Response:
         return requests.get(self.url + path, timeout=60, **kwargs)
+
+    def redeploy(self, **ingress_user_config) -> None:
+        """Deploy the same graph with these Ingress `user_config` keys changed (none = the file's values): Serve
+        reconfigures the ingress replica in place, nothing restarts."""
+        from ray import serve
+
+        from graph import app_from_config
+
+        config = yaml.safe_load(LOCAL_CONFIG.read_text())
+        (application,) = config["applications"]
+        (ingress,) = [deployment for deployment in application["deployments"] if deployment["name"] == "Ingress"]
+        ingress["user_config"].update(ingress_user_config)
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml") as changed:
+            changed.write(yaml.safe_dump(config))
+            changed.flush()
+            app, _ = app_from_config(changed.name, checkpoint=str(self.checkpoint), onnx_cache_dir=str(self.onnx_cache))
+        serve.run(app, name=APP_NAME, route_prefix="/")
 
 
 @pytest.fixture(scope="package")
@@ -70,7 +90,9 @@ def service(checkpoint_dir: Path, tmp_path_factory) -> Service:
         )
         serve.start(http_options={**http_options, "host": "127.0.0.1", "port": port})
         serve.run(app, name=APP_NAME, route_prefix="/")
-        service = Service(f"http://127.0.0.1:{port}", checkpoint_dir, ray.get_runtime_context().gcs_address)
+        service = Service(
+            f"http://127.0.0.1:{port}", checkpoint_dir, ray.get_runtime_context().gcs_address, Path(onnx_cache)
+        )
         deadline = time.monotonic() + 60
         while service.get("/healthz").status_code != 200:  # serve.run returns once replicas run; be sure
             assert time.monotonic() < deadline, "graph deployed but /healthz never answered 200"
