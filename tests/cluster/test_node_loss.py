@@ -32,7 +32,11 @@ TARGET_REPLICAS = {"Ingress": 2, "Encoder": 1, "TopicHead": 1, "SentimentHead": 
 
 def summary(outcomes: list[Outcome]) -> str:
     counts = Counter((o.status, o.error_type or "") for o in outcomes)
-    return ", ".join(f"{n} x {status}{' ' + kind if kind else ''}" for (status, kind), n in sorted(counts.items()))
+    text = ", ".join(f"{n} x {status}{' ' + kind if kind else ''}" for (status, kind), n in sorted(counts.items()))
+    retried = [o for o in outcomes if o.retries]
+    return text + (
+        f"; {len(retried)} of them answered on a client retry after losing the first attempt" if retried else ""
+    )
 
 
 def rescheduled(cluster: ServedCluster) -> bool:
@@ -73,24 +77,35 @@ def test_replicas_are_placed_as_configured_and_answer_over_http(served_cluster: 
     print(f"\n[cluster] placement: {placed}")
 
 
+def survive(served_cluster: ServedCluster, event, recovered_from: str, max_s: float):
+    """Run the load while `event(times)` acts on the cluster (noting times, e.g. "lost"), keep it on until the
+    service has recovered from `times[recovered_from]`, and check what every test of a node loss checks: every
+    request answered (200, or 503 with Retry-After) within the deadline, only 200s again within RECOVERY_BOUND_S,
+    the lost replicas rescheduled. Returns the outcomes, the times and the seconds until errors stopped."""
+    times: dict[str, float] = {}
+
+    def during(load: Load) -> None:
+        event(times)
+        watch_recovery(served_cluster, load, times[recovered_from], times)
+
+    outcomes = Load(served_cluster, clients=CLIENTS, max_s=max_s, client_timeout_s=CLIENT_TIMEOUT_S).run(during)
+    assert_every_request_answered(outcomes, allowed={200, 503}, deadline_s=DEADLINE_S)
+    recovery_s = errors_stopped_after(outcomes, times[recovered_from])
+    assert recovery_s < RECOVERY_BOUND_S, f"answering normally only {recovery_s:.1f} s after {recovered_from}"
+    assert "rescheduled" in times, f"lost replicas not rescheduled: {served_cluster.replicas()}"
+    return outcomes, times, recovery_s
+
+
 def test_losing_the_worker_node_of_a_head_costs_no_answer(served_cluster: ServedCluster):
     placed = served_cluster.replicas()
     assert "cpu" in placed["TopicHead"] + placed["SentimentHead"], f"no head on the CPU worker to lose: {placed}"
-    times: dict[str, float] = {}
 
-    def lose_the_node(load: Load) -> None:
+    def lose_the_node(times: dict) -> None:
         time.sleep(10)  # steady state under load first
         served_cluster.cluster.remove_node(served_cluster.workers.pop("cpu"), allow_graceful=False)
         times["lost"] = time.monotonic()
-        watch_recovery(served_cluster, load, times["lost"], times)
 
-    outcomes = Load(
-        served_cluster, clients=CLIENTS, max_s=RECOVERY_BOUND_S + 30, client_timeout_s=CLIENT_TIMEOUT_S
-    ).run(during=lose_the_node)
-    assert_every_request_answered(outcomes, allowed={200, 503}, deadline_s=DEADLINE_S)
-    recovery_s = errors_stopped_after(outcomes, times["lost"])
-    assert recovery_s < RECOVERY_BOUND_S, f"answering normally only {recovery_s:.1f} s after the node loss"
-    assert "rescheduled" in times, f"lost replicas not rescheduled: {served_cluster.replicas()}"
+    outcomes, times, recovery_s = survive(served_cluster, lose_the_node, "lost", max_s=RECOVERY_BOUND_S + 30)
     after = [o for o in outcomes if o.end > times["lost"]]
     print(
         f"\n[cluster] lost the CPU worker (held {placed}) under {CLIENTS} clients: {len(outcomes)} requests "
@@ -102,28 +117,21 @@ def test_losing_the_worker_node_of_a_head_costs_no_answer(served_cluster: Served
 
 def test_losing_the_encoder_node_is_answered_with_503_until_it_returns(served_cluster: ServedCluster):
     assert served_cluster.replicas()["Encoder"] == ["gpu"]
-    times: dict[str, float] = {}
 
-    def lose_and_return(load: Load) -> None:
+    def lose_and_return(times: dict) -> None:
         time.sleep(5)
         served_cluster.cluster.remove_node(served_cluster.workers.pop("gpu"), allow_graceful=False)
         times["lost"] = time.monotonic()
         time.sleep(15)  # the only accelerator is gone: nothing can encode
         served_cluster.add_worker("gpu")
         times["returned"] = time.monotonic()
-        watch_recovery(served_cluster, load, times["returned"], times)
 
-    outcomes = Load(
-        served_cluster, clients=CLIENTS, max_s=RECOVERY_BOUND_S + 50, client_timeout_s=CLIENT_TIMEOUT_S
-    ).run(during=lose_and_return)
-    assert_every_request_answered(outcomes, allowed={200, 503}, deadline_s=DEADLINE_S)
-    recovery_s = errors_stopped_after(outcomes, times["returned"])
-    assert recovery_s < RECOVERY_BOUND_S, f"answering normally only {recovery_s:.1f} s after the node came back"
+    outcomes, times, recovery_s = survive(served_cluster, lose_and_return, "returned", max_s=RECOVERY_BOUND_S + 50)
     assert served_cluster.replicas()["Encoder"] == ["gpu"], "the Encoder did not return to the GPU node"
     during = [o for o in outcomes if times["lost"] < o.end <= times["returned"]]
     print(
         f"\n[cluster] lost the GPU node (the Encoder's) under {CLIENTS} clients for "
         f"{times['returned'] - times['lost']:.0f} s: {len(outcomes)} requests ({summary(outcomes)}); while it was "
         f"gone: {summary(during)}; errors stopped {recovery_s:.1f} s after it returned, Encoder rescheduled "
-        f"{times.get('rescheduled', float('nan')):.1f} s after, slowest request {max(o.seconds for o in outcomes):.1f} s"
+        f"{times['rescheduled']:.1f} s after, slowest request {max(o.seconds for o in outcomes):.1f} s"
     )
