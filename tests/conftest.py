@@ -14,9 +14,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 # Every Ray these tests start serves as `make run` does: with serve.env's settings (HAProxy, throughput-optimized
 # Serve), set before anything imports ray.serve.
-import tempfile  # noqa: E402
-
-from ports import free_port  # noqa: E402
+from ports import private_haproxy_env  # noqa: E402
 
 from deployments.serve_env import read_serve_env  # noqa: E402
 
@@ -26,20 +24,9 @@ for _key, _value in read_serve_env().items():
 
 # HAProxy mode uses fixed ports (stats 8404, metrics 9101, Serve's fallback proxy 8500/9500) and files under
 # /tmp/haproxy-serve: give this session's own, so that a service already running here (`make run`) does not collide
-# with the ones the tests start (those never run two at a time).
-_haproxy_dir = tempfile.mkdtemp(prefix="hx")  # short: Ray adds the node id and unix sockets allow 97 characters
-for _key, _value in {
-    "RAY_SERVE_HAPROXY_STATS_PORT": free_port(),
-    "RAY_SERVE_HAPROXY_METRICS_PORT": free_port(),
-    "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": free_port(),
-    "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": free_port(),
-    "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{_haproxy_dir}/haproxy.cfg",
-    "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{_haproxy_dir}/admin.sock",
-    "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{_haproxy_dir}/metrics.sock",
-    "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": _haproxy_dir,
-    "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{_haproxy_dir}/server-state",
-}.items():
-    os.environ.setdefault(_key, str(_value))
+# with the ones the tests start; a test that starts a second Ray meanwhile gives it another set (tests/ports.py).
+for _key, _value in private_haproxy_env().items():
+    os.environ.setdefault(_key, _value)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from ports import free_port
+from ports import free_port, haproxy_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_CONFIG = ROOT / "serve_config.yaml"
@@ -41,12 +41,7 @@ DEPLOY_TIMEOUT_S = 420  # first start on a fresh machine: ONNX export of the che
 def node_env(worker: bool) -> dict[str, str]:
     """Per-node ports: HAProxy stats and metrics, Serve's fallback proxy, and (workers) the HTTP port of the node's
     proxy, so that three proxies fit on one host."""
-    env = {
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
-        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
-        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
-    }
+    env = haproxy_ports()
     if worker:
         env["RAY_SERVE_WORKER_PROXY_HTTP_PORT"] = str(free_port())
     return env

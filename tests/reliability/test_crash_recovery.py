@@ -29,7 +29,7 @@ import psutil
 import pytest
 import requests
 import yaml
-from ports import free_port
+from ports import free_port, private_haproxy_env
 
 from deployments.stale_haproxy import StaleHAProxySettings, find_stale_haproxies
 
@@ -59,15 +59,7 @@ class MakeRun:
             **os.environ,
             "RAY_ADDRESS": "local",
             "RAY_TMPDIR": str(self.work_dir),
-            "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
-            "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
-            "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
-            "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
-            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{haproxy_dir}/haproxy.cfg",
-            "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{haproxy_dir}/admin.sock",
-            "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{haproxy_dir}/metrics.sock",
-            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(haproxy_dir),
-            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{haproxy_dir}/server-state",
+            **private_haproxy_env(haproxy_dir),
         }
         self.haproxy_settings = StaleHAProxySettings.from_environ(self.env)
 

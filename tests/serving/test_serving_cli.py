@@ -2,7 +2,8 @@
 `user_config` values from `serve deploy` without restarting a replica, and shuts down.
 
 The config is the local one, with two edits only: a free port (8000 may be taken) and this session's checkpoint
-(so the test does not depend on training). Runs before the shared graph of conftest.py starts (file order).
+(so the test does not depend on training). Its own Ray (`RAY_ADDRESS=local`): the shared graph of conftest.py may be
+running in this process meanwhile.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import requests
 import yaml
-from ports import free_port
+from ports import free_port, private_haproxy_env
 from ray.util.state import list_actors
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,8 +34,10 @@ def test_serve_run_starts_the_local_config_and_answers(checkpoint_dir, tmp_path)
     config_path = tmp_path / "serve_config.local.yaml"
     config_path.write_text(yaml.safe_dump(config))
 
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own Ray, not a running one
-    env.update(RAY_AUTH_MODE="disabled", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    # its own Ray (RAY_ADDRESS=local), never one already running on this machine
+    # and its own HAProxy ports and files: the shared graph's HAProxy holds this session's
+    env = {**os.environ, "RAY_ADDRESS": "local", "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    env.update(private_haproxy_env(), PYTHONUNBUFFERED="1")
     log = (tmp_path / "serve_run.log").open("w")
     serve_cli = Path(sys.executable).with_name("serve")
     process = subprocess.Popen(
