@@ -7,10 +7,9 @@ A call that finds a free slot starts at once (no fixed wait: a lone request pays
 `max_in_flight` batches run queue up, and the next free slot takes all of them, up to `max_batch_size` (in units of
 `size`; a single larger item still goes, alone). Under load, batches grow to what arrived during one batch's run,
 so batch size follows the load by itself. Serve's `@serve.batch` instead waits up to `batch_wait_timeout_s` for
-every batch (5 ms there would be twice the onnxruntime encoder's time for one text), and forms batches while
-earlier ones still hold its concurrency permit, so batches formed then stay small. Together with the onnxruntime
-encoder this took 32 single-text clients from 60.5 to 152 texts/s and one-client p50 from 37.7 to 18.7 ms on the
-2-core machine (README, Performance; not measured apart).
+every batch (a fixed wait longer than the onnxruntime encoder takes for one text), and forms batches while
+earlier ones still hold its concurrency permit, so batches formed then stay small. README, Performance, has what
+this changed in throughput and latency.
 """
 
 from __future__ import annotations
@@ -39,14 +38,9 @@ class ContinuousBatcher(Generic[Item, Result]):
         self._queue: deque[tuple[Item, asyncio.Future]] = deque()
         self._running: set[asyncio.Task] = set()
 
-    def configure(self, max_batch_size: int | None = None, max_in_flight: int | None = None) -> None:
-        """New limits, used from the next batch on."""
-        self.max_batch_size = max_batch_size or self.max_batch_size
-        self.max_in_flight = max_in_flight or self.max_in_flight
-
-    @property
-    def queued(self) -> int:
-        return len(self._queue)
+    def configure(self, max_batch_size: int) -> None:
+        """A new batch size limit (a replica's reconfigured `user_config`), used from the next batch on."""
+        self.max_batch_size = max_batch_size
 
     async def submit(self, item: Item) -> Result:
         """`item`'s result, computed in a batch with whatever other items are queued when a slot frees."""

@@ -157,7 +157,7 @@ def create_app(service: Ingress) -> FastAPI:
         "/v1/embed",
         response_model=EmbedResponse,
         responses=_errors(*_BODY_ERRORS),
-        summary="Shared 1024-d sentence embeddings",
+        summary="Shared sentence embeddings (`embedding_dim` floats each, see GET /v1/tasks)",
     )
     async def embed(body: EmbedRequest) -> JSONResponse:
         return JSONResponse(await service.embed(body.texts, body.normalize))

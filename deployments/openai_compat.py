@@ -36,7 +36,7 @@ class OpenAIEmbeddingsRequest(BaseModel):
         default="float", description="`float`: lists of numbers; `base64`: little-endian float32 bytes, base64."
     )
     dimensions: int | None = Field(
-        default=None, gt=0, description="Must equal the embedding size (1024) when given: embeddings are not cut."
+        default=None, gt=0, description="Must equal the embedding size (`embedding_dim`): embeddings are not cut."
     )
     user: str | None = Field(default=None, description="Accepted and ignored.")
 

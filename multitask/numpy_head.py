@@ -5,7 +5,7 @@ in eval mode, read from the checkpoint's `model.safetensors`:
     probabilities = softmax((relu(x @ W1.T + b1) @ W2.T + b2) / temperature)
 
     head = NumpyHead.load("checkpoints/default", "topic", encoder_fingerprint="b987d2a51d8e8322")
-    head.probabilities(embeddings)          # (n, 1024) float32 -> (n, 6)
+    head.probabilities(embeddings)          # (n, embedding_dim) float32 -> (n, 6)
 """
 
 from __future__ import annotations

@@ -131,8 +131,3 @@ def errors_stopped_after(outcomes: list[Outcome], event_at: float) -> float:
     recovered_at = max((o.end for o in after if o.status != 200), default=event_at)
     assert any(o.status == 200 and o.start > recovered_at for o in after), "no success after the event"
     return recovered_at - event_at
-
-
-def quantile(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")

@@ -23,7 +23,6 @@ from multitask.checkpoint import (
     load_model,
     read_manifest,
     save_checkpoint,
-    write_metrics,
 )
 from multitask.config import DEFAULT_TASKS, EMBEDDED_ENCODER, ModelConfig
 from multitask.encoder import SentenceEncoder, resolve_encoder_source
@@ -332,11 +331,3 @@ def test_weights_that_do_not_fit_the_config_are_refused(frozen_checkpoint, tmp_p
     edit_config(directory, lambda config: config["model"]["tasks"][0].update(hidden_size=256))
     with pytest.raises(CheckpointError, match=re.escape(str(directory / MODEL_FILE))):
         load_head(directory, "topic")
-
-
-def test_write_metrics_updates_the_config_and_keeps_the_weights(saved_model, frozen_checkpoint, tmp_path):
-    directory = copy_checkpoint(frozen_checkpoint, tmp_path)
-    weights = (directory / MODEL_FILE).read_bytes()
-    write_metrics(directory, {"sentiment": {"test": {"macro_recall": 0.7}}})
-    assert read_manifest(directory).metrics == {"sentiment": {"test": {"macro_recall": 0.7}}}
-    assert (directory / MODEL_FILE).read_bytes() == weights

@@ -1,4 +1,4 @@
-"""Reading labelled data (JSONL and CSV, errors with file:line) and batching it with one tokenizer."""
+"""Reading labelled data (JSONL and CSV, errors with file:line) and tokenizing it with one tokenizer."""
 
 from __future__ import annotations
 
@@ -153,60 +153,26 @@ def test_dataset_fingerprint_changes_with_texts_and_labels(tmp_path):
     assert first == same != relabelled
 
 
-# --- batching --------------------------------------------------------------------------------------------------
+# --- tokenizing ------------------------------------------------------------------------------------------------
 
 
-def test_task_batch_shapes_and_labels(processor):
-    examples = [Example("short", 0), Example("a somewhat longer sentence than that", 2)]
-    batch = processor.task_batch("sentiment", examples)
-    assert batch.task == "sentiment"
-    assert batch.input_ids.shape == batch.attention_mask.shape == (2, batch.input_ids.shape[1])
-    assert batch.labels.tolist() == [0, 2] and batch.labels.dtype == torch.long
-    assert batch.attention_mask[0].sum() < batch.attention_mask[1].sum()  # padded to the longest
+def test_tokenize_pads_to_the_longest_text(processor):
+    tokens = processor.tokenize(["short", "a somewhat longer sentence than that"])
+    assert tokens["input_ids"].shape == tokens["attention_mask"].shape == (2, tokens["input_ids"].shape[1])
+    assert tokens["attention_mask"][0].sum() < tokens["attention_mask"][1].sum()
 
 
 def test_processor_tokenizes_exactly_like_the_encoder(processor, minilm_encoder):
     texts = ["One tokenizer", "for every task, shared with the encoder."]
-    batch = processor.task_batch("topic", [Example(t, 0) for t in texts])
+    tokens = processor.tokenize(texts)
     expected = minilm_encoder.tokenize(texts)
-    assert torch.equal(batch.input_ids, expected["input_ids"])
-    assert torch.equal(batch.attention_mask, expected["attention_mask"])
+    assert torch.equal(tokens["input_ids"], expected["input_ids"])
+    assert torch.equal(tokens["attention_mask"], expected["attention_mask"])
 
 
 def test_long_texts_are_truncated_to_the_max_length(processor, minilm_encoder):
-    batch = processor.task_batch("topic", [Example("word " * 600, 1), Example("short", 2)])
-    assert batch.input_ids.shape == (2, minilm_encoder.max_length)
-    assert batch.input_ids[0, -1].item() == minilm_encoder.tokenizer.sep_token_id
-    small = MTLDataProcessor(minilm_encoder.tokenizer, max_length=8).task_batch("topic", [Example("word " * 50, 0)])
-    assert small.input_ids.shape == (1, 8)
-
-
-def test_mixed_batch_has_task_ids_into_its_task_tuple(processor):
-    items = [
-        ("topic", Example("Election results are in", 4)),
-        ("sentiment", Example("I hate waiting", 2)),
-        ("topic", Example("New vaccine approved", 5)),
-        ("sentiment", Example("Lovely day", 0)),
-    ]
-    batch = processor.mixed_batch(items)
-    assert batch.tasks == ("topic", "sentiment")
-    assert batch.task_ids.tolist() == [0, 1, 0, 1]
-    assert batch.labels.tolist() == [4, 2, 5, 0]
-    assert batch.input_ids.shape[0] == batch.attention_mask.shape[0] == 4
-    assert [batch.tasks[i] for i in batch.task_ids] == [task for task, _ in items]
-
-
-def test_task_batches_cover_every_example_once(processor, tmp_path):
-    rows = [{"text": f"sentence number {i}", "label": SENTIMENT.labels[i % 3]} for i in range(10)]
-    dataset = read_task_file(write_jsonl(tmp_path / "ten.jsonl", rows), SENTIMENT)
-    batches = list(processor.task_batches(dataset, batch_size=4))
-    assert [len(b.labels) for b in batches] == [4, 4, 2]
-    assert torch.cat([b.labels for b in batches]).tolist() == [i % 3 for i in range(10)]
-
-    def order(seed):
-        return torch.cat([b.input_ids[:, 3] for b in processor.task_batches(dataset, 4, shuffle=True, seed=seed)])
-
-    shuffled = order(seed=1)
-    assert torch.equal(shuffled, order(seed=1))  # reproducible
-    assert not torch.equal(shuffled, order(seed=2))
-    assert sorted(shuffled.tolist()) == sorted(torch.cat([b.input_ids[:, 3] for b in batches]).tolist())
+    input_ids = processor.tokenize(["word " * 600, "short"])["input_ids"]
+    assert input_ids.shape == (2, minilm_encoder.max_length)
+    assert input_ids[0, -1].item() == minilm_encoder.tokenizer.sep_token_id
+    small = MTLDataProcessor(minilm_encoder.tokenizer, max_length=8).tokenize(["word " * 50])
+    assert small["input_ids"].shape == (1, 8)

@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
+from ports import free_port
+from tiny_tasks import SENTIMENT_PROBES, TOPIC_PROBES, tiny_config_dict
 
 from multitask.checkpoint import ENCODER_FILE, load_model
 from multitask.finetune import FinetuneMode
 from multitask.training.config import TrainConfig
-from tiny_tasks import SENTIMENT_PROBES, TOPIC_PROBES, tiny_config_dict
 
 ray = pytest.importorskip("ray")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +26,7 @@ def local_ray():
     os.environ["RAY_AUTH_MODE"] = "disabled"
     # A dashboard on a free port of its own: Ray Train's placement-group cleaner asks it whether the run is alive
     # (without one it would ask 127.0.0.1:8265, which may be another test's Ray on this shared machine).
-    ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_port=_free_port())
+    ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_port=free_port())
     try:
         yield
     finally:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from sklearn.metrics import ConfusionMatrixDisplay
 
 
 def plot_confusion_matrix(matrix: Sequence[Sequence[int]], labels: Sequence[str], title: str, path: Path) -> Path:
@@ -19,17 +20,18 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], labels: Sequence[str]
     rates = counts / np.clip(counts.sum(axis=1, keepdims=True), 1, None)
     size = 1.2 + 0.8 * len(labels)
     fig, ax = plt.subplots(figsize=(size + 1.5, size))
-    image = ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
-    ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right")
-    ax.set_yticks(range(len(labels)), labels)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    for i in range(len(labels)):
-        for j in range(len(labels)):
-            color = "white" if rates[i, j] > 0.5 else "black"
-            ax.text(j, i, f"{int(counts[i, j])}\n{rates[i, j]:.0%}", ha="center", va="center", fontsize=8, color=color)
-    ax.set_title(title)
-    fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true label")
+    display = ConfusionMatrixDisplay(rates, display_labels=list(labels)).plot(
+        ax=ax,
+        cmap="Blues",
+        xticks_rotation=35,
+        colorbar=False,
+        im_kw={"vmin": 0.0, "vmax": 1.0},
+        text_kw={"fontsize": 8},
+    )
+    for (i, j), text in np.ndenumerate(display.text_):  # each cell: its count and its share of the true label
+        text.set_text(f"{int(counts[i, j])}\n{rates[i, j]:.0%}")
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    fig.colorbar(display.im_, ax=ax, fraction=0.046, label="share of the true label")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -68,7 +70,10 @@ def write_report(
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     lines = ["# Evaluation report", ""]
-    lines += ["| task | split | examples | accuracy | macro-F1 | macro-recall | ECE |", "|---|---|---:|---:|---:|---:|---:|"]
+    lines += [
+        "| task | split | examples | accuracy | macro-F1 | macro-recall | ECE |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for task, splits in metrics.items():
         for split, m in splits.items():
             lines.append(

@@ -15,14 +15,15 @@ import logging
 import math
 import os
 import random
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
 
 from multitask.checkpoint import CheckpointManifest, save_checkpoint
 from multitask.data import MTLDataProcessor, TaskDataset, length_sorted_batches, read_task_file
@@ -62,19 +63,22 @@ class TrainResult:
 
 
 class TrainingModule(nn.Module):
-    """What the optimizer sees: the shared encoder and the heads, one task per forward.
+    """What the optimizer steps and DDP wraps: the trainable part of the encoder and the heads, one task per forward.
 
-    Takes token ids, or (frozen mode) pooled transformer outputs read from the embedding cache.
+    Takes token ids, or (frozen mode) pooled transformer outputs read from the embedding cache. A frozen transformer
+    is left out of this module: it never runs again, so it stays on the CPU and DDP does not synchronise it.
     """
 
-    def __init__(self, model: MultiTaskModel):
+    def __init__(self, model: MultiTaskModel, frozen: bool):
         super().__init__()
-        self.model = model
+        self.encoder = None if frozen else model.encoder  # transformer + projection
+        self.projection = model.encoder.projection
+        self.heads = model.heads
 
     def forward(self, task: str, input_ids=None, attention_mask=None, pooled=None) -> torch.Tensor:
         if pooled is None:
-            pooled = self.model.encoder.pool(input_ids, attention_mask)  # (batch, native_dim)
-        return self.model.heads[task](self.model.encoder.projection(pooled))  # (batch, num_labels)
+            pooled = self.encoder.pool(input_ids, attention_mask)  # (batch, native_dim)
+        return self.heads[task](self.projection(pooled))  # (batch, num_labels)
 
 
 class TaskFeed:
@@ -147,7 +151,7 @@ def predict_logits(module: TrainingModule, feed: TaskFeed, batch_size: int, devi
     """(n, num_labels) logits for every example of a feed, in the feed's order."""
     module.eval()
     task = feed.dataset.task
-    logits = torch.empty(len(feed.dataset), len(module.model.heads[task].task.labels))
+    logits = torch.empty(len(feed.dataset), len(module.heads[task].task.labels))
     for indices in feed.eval_batches(batch_size):
         with _autocast(device):
             logits[indices] = module(task, **feed.inputs(indices, device)).float().cpu()
@@ -165,97 +169,165 @@ def train(config: TrainConfig, context: WorkerContext | None = None, progress: b
     show = progress and context.is_main
 
     splits = load_splits(config)
+    model, feeds = _build_model(config, splits, device, show)
+    module = TrainingModule(model, frozen=settings.mode is FinetuneMode.frozen).to(device)
+    history = _fit(config, context, module, feeds, device, show)  # leaves the best epoch's weights in `module`
+    calibration = _calibrate(module, feeds, settings, device) if settings.calibrate else {}
+    metrics = _evaluate(module, feeds, config, device)
+
+    result = TrainResult(config.output_dir, None, metrics, history)
+    if context.is_main:
+        module.cpu()
+        result.manifest = _save(config, model, metrics, history, calibration)
+    return result
+
+
+def _build_model(config: TrainConfig, splits, device, show) -> tuple[MultiTaskModel, dict[str, dict[str, TaskFeed]]]:
+    """The model to train and its inputs; frozen mode encodes every text once here (or reads the cache)."""
+    settings = config.training
     encoder = SentenceEncoder.load(config.model)
     model = MultiTaskModel(encoder)
     processor = MTLDataProcessor(encoder.tokenizer, encoder.max_length)
-    mode = settings.mode
     feeds = _make_feeds(config, splits, encoder, processor, device, show)
-    if mode is FinetuneMode.frozen:
+    if settings.mode is FinetuneMode.frozen:
         encoder.transformer.requires_grad_(False)
-        encoder.transformer = encoder.transformer.cpu()  # never run again: the cache holds its outputs
-    elif mode is FinetuneMode.lora:
+        encoder.transformer.cpu()  # never runs again: the cache holds its outputs (and TrainingModule leaves it out)
+    elif settings.mode is FinetuneMode.lora:
         encoder.transformer = add_lora(encoder.transformer, settings.lora)
-    module = TrainingModule(model).to(device)
-    trained = context.wrap_model(module)
+    return model, feeds
 
-    optimizer = _optimizer(model, config)
-    sizes = {task: len(parts["train"]) for task, parts in splits.items()}
+
+def _fit(config: TrainConfig, context: WorkerContext, module: TrainingModule, feeds, device, show) -> list[dict]:
+    """Train epoch by epoch, validating after each, until the epochs run out or validation stops improving.
+
+    Returns the per-epoch history; `module` ends with the weights of the epoch with the best mean macro-F1.
+    """
+    settings = config.training
+    sizes = {task: len(parts["train"].dataset) for task, parts in feeds.items()}
     steps_per_epoch = settings.steps_per_epoch or max(
         1, math.ceil(sum(sizes.values()) / settings.batch_size / context.world_size)
     )
-    total_steps = steps_per_epoch * settings.epochs
-    warmup = int(total_steps * settings.warmup_ratio)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min((step + 1) / max(1, warmup), max(0.0, (total_steps - step) / max(1, total_steps - warmup)))
-    )
-    losses = {
-        task.name: nn.CrossEntropyLoss(
-            weight=_to(class_weights(splits[task.name]["train"], len(task.labels), settings.class_weighting), device)
-        )
-        for task in config.model.tasks
-    }
+    step = _Stepper(config, context.wrap_model(module), module, feeds, steps_per_epoch, device)
     streams = {
         task: feeds[task]["train"].batches(settings.batch_size, settings.seed + i, context.rank, context.world_size)
         for i, task in enumerate(feeds)
     }
-
+    best = _BestEpoch(settings.early_stopping_patience)
     history: list[dict] = []
-    best_score, best_state, stale = -1.0, None, 0
     for epoch in range(1, settings.epochs + 1):
-        trained.train()
-        schedule = task_schedule(sizes, steps_per_epoch, settings.sampling, settings.sampling_temperature, settings.seed + epoch)
-        epoch_losses: dict[str, list[float]] = {task: [] for task in sizes}
+        schedule = task_schedule(
+            sizes, steps_per_epoch, settings.sampling, settings.sampling_temperature, settings.seed + epoch
+        )
         bar = tqdm(schedule, desc=f"epoch {epoch}/{settings.epochs}", disable=not show, unit="step")
-        for task in bar:
-            feed = feeds[task]["train"]
-            indices = next(streams[task])
-            with _autocast(device):
-                logits = trained(task, **feed.inputs(indices, device))
-            loss = losses[task](logits.float(), feed.labels[indices].to(device))
-            (settings.loss_weights.get(task, 1.0) * loss).backward()
-            torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            epoch_losses[task].append(loss.item())
-            if len(epoch_losses[task]) % 20 == 0:
-                bar.set_postfix({t: f"{np.mean(v[-20:]):.3f}" for t, v in epoch_losses.items() if v})
-
-        validation = {
-            task: classification_metrics(
-                parts["validation"].labels.numpy(),
-                torch.softmax(predict_logits(module, parts["validation"], settings.eval_batch_size, device), -1).numpy(),
-                config.model.task(task).labels,
-            )["macro_f1"]
-            for task, parts in feeds.items()
-        }
+        losses = _train_epoch(step, streams, bar)
+        validation = _validation_macro_f1(module, feeds, config, device)
         score = float(np.mean(list(validation.values())))
         history.append(
             {
                 "epoch": epoch,
-                "train_loss": {t: float(np.mean(v)) for t, v in epoch_losses.items() if v},
+                "train_loss": {t: float(np.mean(v)) for t, v in losses.items() if v},
                 "validation_macro_f1": validation,
                 "validation_mean_macro_f1": score,
             }
         )
         if context.is_main:
             tqdm.write(f"epoch {epoch}: validation macro-F1 {validation} mean {score:.4f}")
-        if score > best_score:
-            best_score, best_state, stale = score, copy.deepcopy(module.state_dict()), 0
-        else:
-            stale += 1
-            if stale >= settings.early_stopping_patience:
-                if context.is_main:
-                    tqdm.write(f"early stopping: no gain for {stale} epoch(s); keeping the best epoch")
-                break
+        if best.stop_after(score, module):
+            if context.is_main:
+                tqdm.write(f"early stopping: no gain for {best.stale} epoch(s); keeping the best epoch")
+            break
+    module.load_state_dict(best.state)
+    return history
 
-    module.load_state_dict(best_state)
-    calibration = _calibrate(module, feeds, settings, device) if settings.calibrate else {}
-    metrics = {
+
+def _train_epoch(step: _Stepper, streams: dict[str, Iterator[list[int]]], bar: tqdm) -> dict[str, list[float]]:
+    """One epoch: a step on the next batch of each task the schedule (`bar`) names; returns task -> step losses."""
+    losses: dict[str, list[float]] = {task: [] for task in streams}
+    step.trained.train()
+    for task in bar:
+        losses[task].append(step(task, next(streams[task])))
+        if len(losses[task]) % 20 == 0:
+            bar.set_postfix({t: f"{np.mean(v[-20:]):.3f}" for t, v in losses.items() if v})
+    return losses
+
+
+class _Stepper:
+    """One optimisation step on one task's batch: forward, weighted (class- and task-) loss, clipped backward,
+    AdamW step and the learning rate's linear warmup and decay over every step of every epoch."""
+
+    def __init__(self, config: TrainConfig, trained: nn.Module, module: TrainingModule, feeds, steps_per_epoch, device):
+        settings = config.training
+        self.trained = trained  # `module`, wrapped for DDP when distributed
+        self.module = module
+        self.feeds = feeds
+        self.device = device
+        self.loss_weights = settings.loss_weights
+        self.optimizer = _optimizer(module, config)
+        total_steps = steps_per_epoch * settings.epochs
+        self.scheduler = get_linear_schedule_with_warmup(
+            self.optimizer, int(total_steps * settings.warmup_ratio), total_steps
+        )
+        self.losses = {
+            task.name: nn.CrossEntropyLoss(
+                weight=_to(
+                    class_weights(feeds[task.name]["train"].dataset, len(task.labels), settings.class_weighting),
+                    device,
+                )
+            )
+            for task in config.model.tasks
+        }
+
+    def __call__(self, task: str, indices: list[int]) -> float:
+        """Train on the examples `indices` of `task`'s training split; returns the (unweighted) loss."""
+        feed = self.feeds[task]["train"]
+        with _autocast(self.device):
+            logits = self.trained(task, **feed.inputs(indices, self.device))
+        loss = self.losses[task](logits.float(), feed.labels[indices].to(self.device))
+        (self.loss_weights.get(task, 1.0) * loss).backward()
+        torch.nn.utils.clip_grad_norm_(self.module.parameters(), 1.0)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+
+class _BestEpoch:
+    """Early stopping: keeps a copy of the weights of the best-scoring epoch and says when `patience` epochs in a
+    row brought no gain."""
+
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.score, self.state, self.stale = -1.0, None, 0
+
+    def stop_after(self, score: float, module: nn.Module) -> bool:
+        if score > self.score:
+            self.score, self.state, self.stale = score, copy.deepcopy(module.state_dict()), 0
+            return False
+        self.stale += 1
+        return self.stale >= self.patience
+
+
+def _validation_macro_f1(module: TrainingModule, feeds, config: TrainConfig, device) -> dict[str, float]:
+    """Each task's macro-F1 on its validation split (the early-stopping score), before calibration."""
+    return {
+        task: classification_metrics(
+            parts["validation"].labels.numpy(),
+            torch.softmax(
+                predict_logits(module, parts["validation"], config.training.eval_batch_size, device), -1
+            ).numpy(),
+            config.model.task(task).labels,
+        )["macro_f1"]
+        for task, parts in feeds.items()
+    }
+
+
+def _evaluate(module: TrainingModule, feeds, config: TrainConfig, device) -> dict[str, dict[str, dict]]:
+    """task -> split -> metrics of the final (calibrated) model on every split but train."""
+    return {
         task: {
             split: classification_metrics(
                 feed.labels.numpy(),
-                _probabilities(module, feed, settings.eval_batch_size, device),
+                _probabilities(module, feed, config.training.eval_batch_size, device),
                 config.model.task(task).labels,
             )
             for split, feed in parts.items()
@@ -263,21 +335,23 @@ def train(config: TrainConfig, context: WorkerContext | None = None, progress: b
         }
         for task, parts in feeds.items()
     }
-    result = TrainResult(config.output_dir, None, metrics, history)
-    if context.is_main:
-        module.cpu()
-        result.manifest = save_checkpoint(
-            model,
-            config.output_dir,
-            finetune=mode,
-            lora=settings.lora if mode is FinetuneMode.lora else None,
-            training=portable_training_record(config),
-            metrics=_summary(metrics),
-            calibration=calibration,
-        )
-        labels = {task.name: task.labels for task in config.model.tasks}
-        write_report(config.output_dir / "report", metrics, labels, history, calibration)
-    return result
+
+
+def _save(config: TrainConfig, model: MultiTaskModel, metrics, history, calibration) -> CheckpointManifest:
+    """Write the checkpoint (weights, manifest with the headline metrics) and its evaluation report."""
+    settings = config.training
+    manifest = save_checkpoint(
+        model,
+        config.output_dir,
+        finetune=settings.mode,
+        lora=settings.lora if settings.mode is FinetuneMode.lora else None,
+        training=portable_training_record(config),
+        metrics=_summary(metrics),
+        calibration=calibration,
+    )
+    labels = {task.name: task.labels for task in config.model.tasks}
+    write_report(config.output_dir / "report", metrics, labels, history, calibration)
+    return manifest
 
 
 def portable_training_record(config: TrainConfig) -> dict:
@@ -301,19 +375,25 @@ def _make_feeds(config, splits, encoder, processor, device, show) -> dict[str, d
             pooled = None
             if frozen:
                 pooled = cached_pooled_embeddings(
-                    encoder, processor, dataset, config.training.frozen_cache_dir, device,
-                    config.training.eval_batch_size, show,
+                    encoder,
+                    processor,
+                    dataset,
+                    config.training.frozen_cache_dir,
+                    device,
+                    config.training.eval_batch_size,
+                    show,
                 )
             feeds[task][split] = TaskFeed(dataset, processor, pooled)
     return feeds
 
 
-def _optimizer(model: MultiTaskModel, config: TrainConfig) -> torch.optim.Optimizer:
+def _optimizer(module: TrainingModule, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with one learning rate for the projection and heads, another for the encoder's trainable weights."""
     settings = config.training
-    head_params = list(model.encoder.projection.parameters()) + list(model.heads.parameters())
-    encoder_params = [p for p in model.encoder.transformer.parameters() if p.requires_grad]
+    head_params = list(module.projection.parameters()) + list(module.heads.parameters())
     groups = [{"params": head_params, "lr": settings.head_learning_rate}]
-    if settings.mode is not FinetuneMode.frozen and encoder_params:
+    if module.encoder is not None:  # LoRA adapters, or every weight in full mode
+        encoder_params = [p for p in module.encoder.transformer.parameters() if p.requires_grad]
         groups.append({"params": encoder_params, "lr": settings.encoder_learning_rate})
     return torch.optim.AdamW(groups, weight_decay=settings.weight_decay)
 
@@ -325,17 +405,19 @@ def _calibrate(module: TrainingModule, feeds, settings, device) -> dict[str, dic
         feed = parts["validation"]
         logits = predict_logits(module, feed, settings.eval_batch_size, device)
         temperature = fit_temperature(logits, feed.labels)
-        module.model.heads[task].temperature.fill_(temperature)
+        module.heads[task].temperature.fill_(temperature)
         calibration[task] = {
             "temperature": temperature,
             "ece_before": expected_calibration_error(torch.softmax(logits, -1).numpy(), feed.labels.numpy()),
-            "ece_after": expected_calibration_error(torch.softmax(logits / temperature, -1).numpy(), feed.labels.numpy()),
+            "ece_after": expected_calibration_error(
+                torch.softmax(logits / temperature, -1).numpy(), feed.labels.numpy()
+            ),
         }
     return calibration
 
 
 def _probabilities(module: TrainingModule, feed: TaskFeed, batch_size: int, device) -> np.ndarray:
-    temperature = module.model.heads[feed.dataset.task].temperature.cpu()
+    temperature = module.heads[feed.dataset.task].temperature.cpu()
     return torch.softmax(predict_logits(module, feed, batch_size, device) / temperature, -1).numpy()
 
 
@@ -347,7 +429,9 @@ def _summary(metrics: dict[str, dict[str, dict]]) -> dict:
 
 def _autocast(device: torch.device):
     """bf16 autocast on GPU only: on this CPU it is slower than fp32."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    return (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    )
 
 
 def _to(tensor: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:

@@ -10,10 +10,14 @@ from deployments.batcher import ContinuousBatcher
 
 
 class Recorder:
-    def __init__(self, delay: float = 0.05, fail_on: str | None = None):
+    """A `run_batch` that records its batches. With a `gate`, every batch waits until the gate opens (so a test
+    decides when the running batch ends, whatever the machine's speed); without, each runs for `delay` seconds."""
+
+    def __init__(self, delay: float = 0.05, fail_on: str | None = None, gate: asyncio.Event | None = None):
         self.batches: list[list[str]] = []
         self.delay = delay
         self.fail_on = fail_on
+        self.gate = gate
         self.running = 0
         self.most_running = 0
 
@@ -22,12 +26,17 @@ class Recorder:
         self.running += 1
         self.most_running = max(self.most_running, self.running)
         try:
-            await asyncio.sleep(self.delay)
+            await (self.gate.wait() if self.gate else asyncio.sleep(self.delay))
             if self.fail_on in items:
                 raise ValueError(f"bad item {self.fail_on}")
             return [item.upper() for item in items]
         finally:
             self.running -= 1
+
+    async def until_running(self) -> None:
+        """Return once a batch has started (yielding to the event loop, no timer)."""
+        while not self.running:
+            await asyncio.sleep(0)
 
 
 def run(coro):
@@ -38,22 +47,26 @@ def test_a_lone_call_runs_at_once():
     async def main():
         recorder = Recorder(delay=0)
         batcher = ContinuousBatcher(recorder, max_batch_size=8)
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        assert await batcher.submit("a") == "A"
-        return loop.time() - start, recorder.batches
+        call = asyncio.ensure_future(batcher.submit("a"))
+        # The event loop fires timers in deadline order: a batcher that waited for one (a batching window of over
+        # 1 ms) would not have started its batch when this sleep ends, however slow the machine.
+        await asyncio.sleep(0.001)
+        started = list(recorder.batches)
+        return started, await call
 
-    elapsed, batches = run(main())
-    assert batches == [["a"]] and elapsed < 0.02  # no batching wait
+    started, result = run(main())
+    assert started == [["a"]] and result == "A"  # no batching wait
 
 
 def test_calls_arriving_during_a_batch_form_the_next_one_up_to_the_limit():
     async def main():
-        recorder = Recorder()
+        recorder = Recorder(gate=asyncio.Event())
         batcher = ContinuousBatcher(recorder, max_batch_size=3)
         first = asyncio.ensure_future(batcher.submit("a"))
-        await asyncio.sleep(0.01)  # "a" is running
+        await recorder.until_running()  # "a" runs until the gate opens
         rest = [asyncio.ensure_future(batcher.submit(x)) for x in "bcdef"]
+        await asyncio.sleep(0)  # they queue
+        recorder.gate.set()
         results = await asyncio.gather(first, *rest)
         return results, recorder
 
@@ -88,31 +101,35 @@ def test_batches_run_concurrently_up_to_max_in_flight():
 
 def test_an_error_reaches_the_callers_of_its_batch_only():
     async def main():
-        recorder = Recorder(fail_on="b")
+        recorder = Recorder(fail_on="b", gate=asyncio.Event())
         batcher = ContinuousBatcher(recorder, max_batch_size=2)
         first = asyncio.ensure_future(batcher.submit("a"))
-        await asyncio.sleep(0.01)
+        await recorder.until_running()
         calls = [asyncio.ensure_future(batcher.submit(x)) for x in "bcd"]
-        return await asyncio.gather(first, *calls, return_exceptions=True), batcher
+        await asyncio.sleep(0)  # they queue: ["b", "c"] and ["d"]
+        recorder.gate.set()
+        results = await asyncio.gather(first, *calls, return_exceptions=True)
+        return results, await batcher.submit("e")
 
-    results, batcher = run(main())
+    results, after = run(main())
     assert results[0] == "A" and results[3] == "D"
     assert all(isinstance(r, ValueError) for r in results[1:3])
-    assert batcher.queued == 0
+    assert after == "E"  # the batcher goes on serving
 
 
 def test_a_cancelled_caller_does_not_disturb_the_others():
     async def main():
-        recorder = Recorder()
+        recorder = Recorder(gate=asyncio.Event())
         batcher = ContinuousBatcher(recorder, max_batch_size=4)
         first = asyncio.ensure_future(batcher.submit("a"))
-        await asyncio.sleep(0.01)
+        await recorder.until_running()
         leaving = asyncio.ensure_future(batcher.submit("b"))
         staying = asyncio.ensure_future(batcher.submit("c"))
         await asyncio.sleep(0)
         leaving.cancel()
         with pytest.raises(asyncio.CancelledError):
             await leaving
+        recorder.gate.set()
         return await asyncio.gather(first, staying), recorder.batches
 
     results, batches = run(main())

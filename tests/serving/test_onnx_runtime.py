@@ -14,7 +14,7 @@ from multitask.errors import EncoderMismatchError
 from multitask.onnx_runtime import ONNX_FILE, OnnxEncoderRuntime, checkpoint_digest, ensure_export
 
 TEXTS = [
-    "Markets rallied after the vote. " * 40,  # over the 256-token window: truncated
+    "Markets rallied after the vote. " * 40,  # over the 128-token window: truncated
     "Hi.",
     "Über-fast trains 🚄 connect the cities; 東京 is two hours away.",
     "The striker scored twice in the final.",

@@ -1,4 +1,4 @@
-"""The HTTP contract of DESIGN.md, over real HTTP on 127.0.0.1, against the deployed graph."""
+"""The HTTP API (README, "HTTP API (v1)"), over real HTTP on 127.0.0.1, against the deployed graph."""
 
 from __future__ import annotations
 
