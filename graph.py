@@ -47,10 +47,11 @@ class GraphArgs(BaseModel):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         default="auto", description="Encoder dtype; auto = bf16/fp16 on GPU, fp32 on CPU."
     )
-    runtime: Literal["auto", "onnx", "torch"] = Field(
+    runtime: Literal["auto", "onnx", "onnx-int8", "torch"] = Field(
         default="auto",
         description="Encoder runtime; auto = onnx (onnxruntime, exported from the checkpoint on first start) on CPU "
-        "in float32, torch otherwise.",
+        "in float32, torch otherwise; onnx-int8 = that export quantized to int8 by onnxruntime (CPU only, ~2x the "
+        "texts/s; measure the checkpoint's quality with it first: bench/quality.py --rows int8).",
     )
     onnx_cache_dir: str | None = Field(
         default=None,

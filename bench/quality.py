@@ -10,6 +10,10 @@ Rows (every trained model uses the train/validation splits of ../shared/data; ne
                 validation macro-F1), scikit-learn, trained on the same train split
   frozen        the project's trainer with `mode: frozen` (encoder frozen, projection + heads trained jointly)
   shipped       the shipped checkpoint (checkpoints/default), evaluated only
+  int8          the shipped checkpoint as the CPU service runs it with `runtime: onnx-int8`: the onnxruntime encoder
+                quantized to int8 and the numpy heads, evaluated only; the same run also evaluates the float32
+                onnxruntime encoder with the same heads, and the table gives int8 minus float32 against the bar
+                for making int8 the CPU default (each task loses at most 0.005 on its test split)
   joint         the jointly trained multi-task model at this budget (trained here unless the budget is `full` and
                 the shipped checkpoint is the joint model; `--train-joint` always trains it)
   single:<task> the same config with only that task (single-task vs multi-task), same budget as `joint`
@@ -93,6 +97,7 @@ COLUMNS = [
 ]
 
 TARGETS = {("topic", "macro_f1"): 0.82, ("sentiment", "macro_recall"): 0.66}
+INT8_MAX_LOSS = {("topic", "macro_f1"): 0.005, ("sentiment", "macro_recall"): 0.005}
 
 
 def log(message: str) -> None:
@@ -206,6 +211,28 @@ def evaluate_checkpoint(checkpoint: Path, eval_sets: dict[str, TaskDataset], pro
     return metrics, time.perf_counter() - start
 
 
+def evaluate_served_encoder(checkpoint: Path, eval_sets: dict[str, TaskDataset], precision: str) -> tuple[dict, float]:
+    """`evaluate_checkpoint` with what the CPU service runs: the onnxruntime encoder at `precision` (exported and
+    quantized into the default ONNX cache on first use) and the numpy heads; (metrics by set, seconds)."""
+    from multitask.numpy_head import NumpyHead
+    from multitask.onnx_runtime import OnnxEncoderRuntime
+
+    start = time.perf_counter()
+    encoder = OnnxEncoderRuntime.load(checkpoint, threads=torch.get_num_threads(), precision=precision)
+    tasks = read_manifest(checkpoint).model.task_names
+    heads = {task: NumpyHead.load(checkpoint, task, encoder.fingerprint) for task in tasks}
+    metrics = {}
+    for name, dataset in eval_sets.items():
+        task = EVAL_SETS[name][0]
+        if task not in heads:
+            continue
+        embeddings, _ = encoder.forward([e.text for e in dataset.examples], max_batch=32, max_tokens=4096)
+        metrics[name] = classification_metrics(
+            [e.label for e in dataset.examples], heads[task].probabilities(embeddings), heads[task].task.labels
+        )
+    return metrics, time.perf_counter() - start
+
+
 def trained_row(config: TrainConfig, label: str, eval_sets: dict[str, TaskDataset], progress: bool) -> dict:
     """Train `config`, evaluate its checkpoint: one results row (label, budget, training, metrics, timings)."""
     info, train_seconds = run_trainer(config, progress)
@@ -276,7 +303,7 @@ def _proba(classifier, x, num_labels: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------- report
 
 
-ROW_ORDER = ["tfidf", "frozen", "shipped", "joint"]
+ROW_ORDER = ["tfidf", "frozen", "shipped", "int8", "joint"]
 
 
 def render(results: dict) -> str:
@@ -324,6 +351,32 @@ def render(results: dict) -> str:
             "| " + " | ".join(c[2] for c in COLUMNS) + " |",
             "|" + "|".join(["---:"] * len(COLUMNS)) + "|",
             "| " + " | ".join(deltas) + " |",
+        ]
+    int8 = rows.get("int8")
+    if int8:
+        deltas, checks = [], []
+        for name, metric, _ in COLUMNS:
+            value, base = int8["metrics"].get(name, {}).get(metric), int8["float32_metrics"].get(name, {}).get(metric)
+            deltas.append("-" if value is None or base is None else f"{value - base:+.4f}")
+        for (name, metric), bar in INT8_MAX_LOSS.items():
+            value, base = int8["metrics"].get(name, {}).get(metric), int8["float32_metrics"].get(name, {}).get(metric)
+            if value is not None and base is not None:
+                verdict = "within" if base - value <= bar else "over"
+                checks.append(f"{name} {metric} {value - base:+.4f} ({verdict} {bar})")
+        float32 = int8["float32_metrics"]
+        lines += [
+            "",
+            "int8 minus float32 encoder (onnxruntime, same checkpoint, same numpy heads, same run; float32 = "
+            + ", ".join(f"{n} {m} {float32[n][m]:.4f}" for (n, m) in INT8_MAX_LOSS if n in float32)
+            + "):",
+            "",
+            "| " + " | ".join(c[2] for c in COLUMNS) + " |",
+            "|" + "|".join(["---:"] * len(COLUMNS)) + "|",
+            "| " + " | ".join(deltas) + " |",
+            "",
+            "int8 as the CPU default needs each task to lose at most 0.005 on its test split: "
+            + "; ".join(checks)
+            + ".",
         ]
     targets = []
     for key in ("shipped", "joint"):
@@ -385,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-joint", action="store_true", help="train the joint model even at the full budget")
     parser.add_argument("--max-train", type=int, default=None, help="random subset of each train split")
     parser.add_argument("--max-test", type=int, default=None, help="random subset of each test set")
-    parser.add_argument("--rows", default="tfidf,frozen,shipped,joint,single", help="comma-separated rows to run")
+    parser.add_argument("--rows", default="tfidf,frozen,shipped,int8,joint,single", help="comma-separated rows to run")
     parser.add_argument("--c-grid", default="0.5,2,8", help="logistic regression C values tried on validation")
     parser.add_argument("--work-dir", type=Path, default=REPO / "runs" / "bench-quality")
     parser.add_argument("--out-dir", type=Path, default=REPO / "bench" / "results")
@@ -515,6 +568,27 @@ def main(argv: list[str] | None = None) -> int:
             if joint_is_shipped and "joint" in rows_wanted:
                 log("no shipped checkpoint: training the joint model at the full budget instead")
                 joint_is_shipped = False
+
+    # 3b. the shipped checkpoint on the int8 onnxruntime encoder, beside the float32 one (evaluation only)
+    if "int8" in rows_wanted and "int8" not in done and shipped_exists:
+        log(f"shipped checkpoint {args.checkpoint} on the onnxruntime encoder, float32 and int8")
+        float32_metrics, float32_seconds = evaluate_served_encoder(args.checkpoint, eval_sets, "float32")
+        metrics, eval_seconds = evaluate_served_encoder(args.checkpoint, eval_sets, "int8")
+        manifest = read_manifest(args.checkpoint)
+        shipped_training = manifest.training.get("training", {})
+        steps = f"{shipped_training.get('epochs')}x{shipped_training.get('steps_per_epoch')}"
+        results["rows"]["int8"] = {
+            "label": "shipped checkpoint, int8 encoder (onnxruntime, runtime: onnx-int8)",
+            "budget": f"{manifest.encoder.finetune.value} {steps}",
+            "checkpoint": str(args.checkpoint),
+            "fingerprint": manifest.encoder.fingerprint,
+            "metrics": metrics,
+            "float32_metrics": float32_metrics,
+            "eval_seconds": eval_seconds,
+            "float32_eval_seconds": float32_seconds,
+        }
+        log(f"int8 done: eval {eval_seconds:.0f}s (float32 {float32_seconds:.0f}s)")
+        save()
 
     # 4. joint multi-task model at this budget (the shipped checkpoint itself at the full budget)
     joint_config = lora_config("joint", tasks)

@@ -1,8 +1,8 @@
 """The shared encoder deployment: tokenize -> transformer -> mean pool -> projection, with dynamic batching.
 
 On CPU it runs the checkpoint's encoder through onnxruntime (`multitask/onnx_runtime.py`: ~2x torch's speed here
-and no torch in the process), exported once per checkpoint on first start; on a GPU, or with `runtime: torch`,
-through torch (`deployments/runtime.py`).
+and no torch in the process), exported once per checkpoint on first start (`runtime: onnx-int8`: quantized to int8,
+~2x again); on a GPU, or with `runtime: torch`, through torch (`deployments/runtime.py`).
 
 Concurrent `encode` calls are batched continuously (`deployments/batcher.py`): a call that finds the encoder idle
 runs at once, calls that arrive during a forward pass form the next one, up to `max_batch_size` texts (the ingress
@@ -137,16 +137,21 @@ def load_runtime(
     checkpoint: str, device: str, dtype: str, runtime: str, onnx_cache_dir: str | None
 ) -> OnnxEncoderRuntime | EncoderRuntime:
     """The encoder's runtime. `device` auto = cuda when Ray gave this replica a GPU, else cpu; `runtime` auto =
-    onnx on CPU in float32, torch otherwise. torch is imported only for the torch runtime."""
+    onnx on CPU in float32, torch otherwise; `onnx-int8` = the same export dynamically quantized to int8 (CPU only,
+    ~2x onnx float32's texts/s; opt-in where a checkpoint's quality has not been measured with it:
+    `bench/quality.py --rows int8`). torch is imported only for the torch runtime."""
     if device == "auto":
         device = "cuda" if ray.get_gpu_ids() and _cuda_usable() else "cpu"
     if runtime == "auto":
         runtime = "onnx" if device == "cpu" and dtype in ("auto", "float32") else "torch"
-    if runtime == "onnx":
+    if runtime in ("onnx", "onnx-int8"):
         if device != "cpu" or dtype not in ("auto", "float32"):
-            raise ValueError(f"runtime onnx runs on CPU in float32, not {device}/{dtype}; use runtime: torch there.")
-        logger.info(f"Encoder: onnxruntime on CPU (exporting {checkpoint} on first start for this checkpoint)")
-        return OnnxEncoderRuntime.load(checkpoint, onnx_cache_dir)
+            raise ValueError(
+                f"runtime {runtime} runs on CPU (dtype auto or float32), not {device}/{dtype}; use runtime: torch there."
+            )
+        precision = "int8" if runtime == "onnx-int8" else "float32"
+        logger.info(f"Encoder: onnxruntime {precision} on CPU (exported from {checkpoint} on first start)")
+        return OnnxEncoderRuntime.load(checkpoint, onnx_cache_dir, precision=precision)
     from deployments.runtime import EncoderRuntime
 
     return EncoderRuntime.load(checkpoint, device, dtype)

@@ -1,0 +1,78 @@
+"""The int8 encoder (`runtime: onnx-int8`): close to float32 (the export's own cosine bound), the same truncation
+flags and token counts, cached beside the float32 export, and served by the Encoder deployment."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from ray import serve
+
+from deployments.encoder import Encoder
+from multitask.onnx_export import INT8_MIN_COSINE
+from multitask.onnx_runtime import INT8_FILE, INT8_ONNX_FILE, ONNX_FILE, OnnxEncoderRuntime, ensure_export
+
+from .helpers import sample_texts
+
+TEXTS = [
+    "Markets rallied after the vote. " * 40,  # over the window: truncated
+    "Hi.",
+    "Über-fast trains 🚄 connect the cities; 東京 is two hours away.",
+    *sample_texts(13),
+]
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+@pytest.fixture(scope="module")
+def runtimes(service) -> tuple[OnnxEncoderRuntime, OnnxEncoderRuntime]:
+    """The deployed graph's ONNX cache (its Encoder exported the float32 file): quantized once, here."""
+    return (
+        OnnxEncoderRuntime.load(service.checkpoint, service.onnx_cache, threads=2),
+        OnnxEncoderRuntime.load(service.checkpoint, service.onnx_cache, threads=2, precision="int8"),
+    )
+
+
+def test_int8_embeddings_stay_within_the_exports_cosine_bound(runtimes):
+    float32, int8 = runtimes
+    want, want_truncated, want_tokens = float32.forward_with_token_counts(TEXTS)
+    got, truncated, tokens = int8.forward_with_token_counts(TEXTS, max_batch=4, max_tokens=256)
+    assert got.dtype == np.float32 and got.shape == want.shape
+    assert cosines(got, want).min() >= INT8_MIN_COSINE
+    assert not np.allclose(got, want, atol=1e-4)  # really the quantized file, not the float32 one
+    assert truncated == want_truncated and truncated[:3] == [True, False, False]
+    assert tokens == want_tokens
+    assert int8.describe()["dtype"] == "int8" and int8.fingerprint == float32.fingerprint
+
+
+def test_the_int8_file_is_cached_beside_the_float32_export(service, runtimes):
+    float32, int8 = runtimes
+    assert int8.directory == float32.directory and (int8.directory / ONNX_FILE).is_file()
+    quantized = int8.directory / INT8_ONNX_FILE
+    before = quantized.stat().st_mtime_ns
+    assert ensure_export(service.checkpoint, service.onnx_cache, precision="int8") == int8.directory
+    assert quantized.stat().st_mtime_ns == before  # not quantized again
+    info = json.loads((int8.directory / INT8_FILE).read_text())
+    assert info["per_channel"] and info["probe_min_cosine"] >= INT8_MIN_COSINE
+
+
+def test_the_encoder_deployment_serves_int8(service, runtimes):
+    """A second application with only an int8 Encoder (on the service's ONNX cache, already quantized: it loads in
+    seconds), asked through its handle as the Ingress asks; compared with the float32 graph's own /v1/embed."""
+    texts = TEXTS[:6]
+    app = Encoder.options(ray_actor_options={"num_cpus": 0.25}).bind(
+        str(service.checkpoint), "cpu", "float32", "onnx-int8", str(service.onnx_cache)
+    )
+    encoder = serve.run(app, name="encoder-int8", route_prefix=None)
+    try:
+        info = encoder.info.remote().result()
+        encoded = encoder.encode.remote(texts).result()
+    finally:
+        serve.delete("encoder-int8")
+    want = service.post("/v1/embed", json={"texts": texts, "normalize": False}).json()
+    assert (info["runtime"], info["dtype"]) == ("onnx", "int8")
+    assert cosines(encoded.embeddings, np.array(want["embeddings"])).min() >= INT8_MIN_COSINE
+    assert encoded.truncated == want["truncated"]
