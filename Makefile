@@ -37,5 +37,5 @@ train-default: setup
 bench-quality: setup
 	$(PY) bench/quality.py
 
-bench-serving: setup   # bare model vs the Serve graph (HTTP, handles) vs Infinity; ~6 min -> bench/results/serving_bench.*
+bench-serving: setup   # bare model vs the Serve graph (HTTP, handles) vs Infinity (torch and ONNX engines); ~20 min -> bench/results/serving_bench.*
 	$(PY) bench/serving_bench.py --readme
