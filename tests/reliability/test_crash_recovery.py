@@ -12,7 +12,6 @@ machine. Teardown kills only the processes of the sessions this test started, HA
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import signal
@@ -150,11 +149,12 @@ def _signal(process: psutil.Process, sig: int) -> None:
 
 
 def port_in_use(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError as error:
-            return error.errno == errno.EADDRINUSE
+    """Something listens on 127.0.0.1:`port` (a bind test would also fail on the closed connections that linger in
+    TIME_WAIT after a clean stop)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            return True
+    except OSError:
         return False
 
 
