@@ -6,11 +6,11 @@ there. Each test starts a Ray of its own and stops it."""
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
 import requests
+from graph_under_test import graph_under_test
 from ports import free_port
 from s3_server import s3_server
 from tiny_tasks import TOPIC_PROBES, tiny_config_dict
@@ -24,33 +24,18 @@ LOCAL_CONFIG = Path(__file__).resolve().parents[1] / "serve_config.local.yaml"
 
 @pytest.mark.slow
 def test_the_graph_serves_a_checkpoint_from_s3(minilm_model, tmp_path):
-    import ray
-    from ray import serve
-
-    from graph import app_from_config
-
     save_checkpoint(minilm_model, tmp_path / "ckpt")
     cache = tmp_path / "checkpoint-cache"
-    os.environ["RAY_AUTH_MODE"] = "disabled"
     with s3_server() as s3:  # the AWS variables are in os.environ from here: Ray's workers inherit them
         uri = s3.create_bucket("serving") + "/multitask/ckpt-v1"
         upload_checkpoint(tmp_path / "ckpt", uri)
-        assert not ray.is_initialized(), "this test needs its own Ray; another test left one running"
-        # address="local": a Ray of its own, even where another one runs on this machine
-        ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False)
-        try:
-            app, http_options = app_from_config(
-                LOCAL_CONFIG, checkpoint=uri, checkpoint_cache_dir=str(cache), onnx_cache_dir=str(tmp_path / "onnx")
-            )
-            port = free_port()
-            serve.start(http_options={**http_options, "host": "127.0.0.1", "port": port})
-            serve.run(app, name="multitask", route_prefix="/")
-            url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 60
-            while requests.get(f"{url}/healthz", timeout=10).status_code != 200:
-                assert time.monotonic() < deadline, "graph deployed but /healthz never answered 200"
-                time.sleep(0.5)
-
+        with graph_under_test(
+            LOCAL_CONFIG,
+            num_cpus=3,
+            checkpoint=uri,
+            checkpoint_cache_dir=str(cache),
+            onnx_cache_dir=str(tmp_path / "onnx"),
+        ) as url:
             response = requests.post(f"{url}/v1/predict", json={"texts": ["The match ended 2-1."]}, timeout=60)
             assert response.status_code == 200, response.text
             assert {"topic", "sentiment"} <= set(response.json()["results"][0])
@@ -58,9 +43,6 @@ def test_the_graph_serves_a_checkpoint_from_s3(minilm_model, tmp_path):
             # the builder and every replica (one node) located it in one cache folder, downloaded once
             assert len([p for p in cache.iterdir() if not p.name.startswith(".")]) == 1
             assert s3.gets("/multitask/ckpt-v1/" + MODEL_FILE) == 1
-        finally:
-            serve.shutdown()
-            ray.shutdown()
 
 
 @pytest.mark.slow

@@ -7,7 +7,6 @@ checkpoint. Capacity: one ingress replica works on `MAX_INFLIGHT` requests at on
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +14,8 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-from ports import free_port
+from graph_under_test import graph_under_test
 
-APP_NAME = "multitask"
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL_CONFIG = ROOT / "serve_config.local.yaml"
 MAX_INFLIGHT = 16  # the ingress's max_inflight_requests here: "capacity" of the overload test
@@ -67,24 +65,6 @@ def small_config(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="package")
 def deployed(tmp_path_factory) -> Deployed:
-    import ray
-    from ray import serve
-
-    from graph import app_from_config
-
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    assert not ray.is_initialized(), "tests/reliability needs its own Ray; another test left one running"
-    ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False)  # never another Ray here
-    try:
-        port = free_port()
-        app, http_options = app_from_config(
-            small_config(tmp_path_factory.mktemp("reliability")), checkpoint=str(ROOT / "checkpoints" / "default")
-        )
-        serve.start(http_options={**http_options, "host": "127.0.0.1", "port": port})
-        serve.run(app, name=APP_NAME, route_prefix="/")
-        service = Deployed(f"http://127.0.0.1:{port}", {"authorization": f"Bearer {TOKEN}"})
-        service.wait_healthy()
-        yield service
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    config = small_config(tmp_path_factory.mktemp("reliability"))
+    with graph_under_test(config, num_cpus=3, checkpoint=str(ROOT / "checkpoints" / "default")) as url:
+        yield Deployed(url, {"authorization": f"Bearer {TOKEN}"})

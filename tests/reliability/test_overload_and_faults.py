@@ -12,9 +12,10 @@ import numpy as np
 import psutil
 import pytest
 import requests
+from graph_under_test import APP_NAME
 from load import Load, assert_every_request_answered, errors_stopped_after
 
-from .conftest import APP_NAME, MAX_INFLIGHT, REQUEST_TIMEOUT_S
+from .conftest import MAX_INFLIGHT, REQUEST_TIMEOUT_S
 
 pytestmark = pytest.mark.slow
 

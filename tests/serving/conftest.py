@@ -7,16 +7,14 @@ encoder with seeded, untrained heads (so the tests do not depend on training), p
 
 from __future__ import annotations
 
-import os
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import requests
 import yaml
-from ports import free_port
+from graph_under_test import graph_under_test
 
 from multitask.checkpoint import load_model, save_checkpoint
 from multitask.model import MultiTaskModel
@@ -73,31 +71,11 @@ class Service:
 @pytest.fixture(scope="package")
 def service(checkpoint_dir: Path, tmp_path_factory) -> Service:
     import ray
-    from ray import serve
 
-    from graph import app_from_config
-
-    os.environ["RAY_AUTH_MODE"] = "disabled"  # Ray >= 2.5x enables token auth by default
-    assert not ray.is_initialized(), "tests/serving needs its own Ray; another test left one running"
+    # a fresh ONNX cache: the Encoder exports this checkpoint on start, as on a user's first run
+    onnx_cache = tmp_path_factory.mktemp("onnx-cache")
     # the local config asks for 1.75 CPUs; one more leaves room for the second application of the handle tests
-    ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False)  # never another Ray here
-    try:
-        port = free_port()
-        # a fresh ONNX cache: the Encoder exports this checkpoint on start, as on a user's first run
-        onnx_cache = tmp_path_factory.mktemp("onnx-cache")
-        app, http_options = app_from_config(
-            LOCAL_CONFIG, checkpoint=str(checkpoint_dir), onnx_cache_dir=str(onnx_cache)
-        )
-        serve.start(http_options={**http_options, "host": "127.0.0.1", "port": port})
-        serve.run(app, name=APP_NAME, route_prefix="/")
-        service = Service(
-            f"http://127.0.0.1:{port}", checkpoint_dir, ray.get_runtime_context().gcs_address, Path(onnx_cache)
-        )
-        deadline = time.monotonic() + 60
-        while service.get("/healthz").status_code != 200:  # serve.run returns once replicas run; be sure
-            assert time.monotonic() < deadline, "graph deployed but /healthz never answered 200"
-            time.sleep(0.5)
-        yield service
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    with graph_under_test(
+        LOCAL_CONFIG, num_cpus=3, checkpoint=str(checkpoint_dir), onnx_cache_dir=str(onnx_cache)
+    ) as url:
+        yield Service(url, checkpoint_dir, ray.get_runtime_context().gcs_address, Path(onnx_cache))
