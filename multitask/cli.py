@@ -96,8 +96,9 @@ def _train(args: argparse.Namespace) -> int:
     from multitask.training.config import load_train_config
 
     config = load_train_config(args.config)
+    to_storage = bool(args.output) and is_uri(args.output)
     with tempfile.TemporaryDirectory(prefix="multitask-train-") as scratch:
-        if args.output and is_uri(args.output):
+        if to_storage:
             config = config.model_copy(update={"output_dir": Path(scratch) / checkpoint_name(args.output)})
         elif args.output:
             config = config.model_copy(update={"output_dir": Path(args.output).expanduser().resolve()})
@@ -115,9 +116,9 @@ def _train(args: argparse.Namespace) -> int:
             from multitask.training.trainer import train
 
             result = train(config, progress=not args.no_progress)
-        if args.output and is_uri(args.output):
+        if to_storage:
             upload_checkpoint(result.output_dir, args.output)
-    checkpoint = args.output if args.output and is_uri(args.output) else str(result.output_dir)
+    checkpoint = args.output if to_storage else str(result.output_dir)
     print(json.dumps({"checkpoint": checkpoint, "metrics": _headline(result.metrics)}, indent=2))
     return 0
 
