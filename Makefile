@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export RAY_AUTH_MODE := disabled
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run test test-fast train-default bench-quality bench-serving
+.PHONY: setup run test test-fast lint train-default bench-quality bench-serving
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -27,6 +27,10 @@ run: setup
 
 test: setup
 	$(PY) -m pytest -ra
+
+lint: setup   # what .ci/run checks before the tests
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test-fast: setup
 	$(PY) -m pytest -ra -m "not slow"

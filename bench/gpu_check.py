@@ -26,19 +26,31 @@ import torch
 from transformers import BertConfig, BertModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from multitask.config import DEFAULT_TASKS, ModelConfig  # noqa: E402
-from multitask.encoder import SentenceEncoder  # noqa: E402
+from multitask.config import DEFAULT_TASKS, ModelConfig
+from multitask.encoder import SentenceEncoder
 
 # Dense (no sparsity) bf16 tensor-core peaks from NVIDIA's data sheets, TFLOP/s.
-BF16_PEAK_TFLOPS = {"H100 80GB HBM3": 989.4, "H100 SXM": 989.4, "H100 PCIe": 756.0, "H200": 989.4, "A100": 312.0, "L4": 121.0}
+BF16_PEAK_TFLOPS = {
+    "H100 80GB HBM3": 989.4,
+    "H100 SXM": 989.4,
+    "H100 PCIe": 756.0,
+    "H200": 989.4,
+    "A100": 312.0,
+    "L4": 121.0,
+}
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 def bge_large_config(layers: int) -> BertConfig:
     return BertConfig(
-        vocab_size=30522, hidden_size=1024, num_hidden_layers=layers, num_attention_heads=16,
-        intermediate_size=4096, max_position_embeddings=512, type_vocab_size=2,
+        vocab_size=30522,
+        hidden_size=1024,
+        num_hidden_layers=layers,
+        num_attention_heads=16,
+        intermediate_size=4096,
+        max_position_embeddings=512,
+        type_vocab_size=2,
     )
 
 
@@ -147,7 +159,23 @@ def main() -> int:
         results["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
 
     # The whole encoder on texts: the tokenizer runs on the CPU, the rest on the device.
-    words = "the quick brown fox jumps over the lazy dog while markets rally on strong earnings".split()
+    words = [
+        "the",
+        "quick",
+        "brown",
+        "fox",
+        "jumps",
+        "over",
+        "the",
+        "lazy",
+        "dog",
+        "while",
+        "markets",
+        "rally",
+        "on",
+        "strong",
+        "earnings",
+    ]
     texts = [" ".join(words[(i + j) % len(words)] for j in range(args.seq - 2)) for i in range(args.batch)]
 
     def encode_texts() -> torch.Tensor:

@@ -41,28 +41,28 @@ import random
 import shutil
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
+import numpy as np
+import torch
+from tqdm.auto import tqdm
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from multitask.checkpoint import load_model, read_manifest  # noqa: E402
-from multitask.config import TaskSpec  # noqa: E402
-from multitask.data import TaskDataset, read_task_file  # noqa: E402
-from multitask.evaluate import task_probabilities  # noqa: E402
-from multitask.finetune import FinetuneMode  # noqa: E402
-from multitask.sampling import task_probabilities as sampling_probabilities  # noqa: E402
-from multitask.training.config import TaskData, TrainConfig, load_train_config  # noqa: E402
-from multitask.training.metrics import classification_metrics  # noqa: E402
-from multitask.training.trainer import load_splits, train  # noqa: E402
+from multitask.checkpoint import load_model, read_manifest
+from multitask.config import TaskSpec
+from multitask.data import TaskDataset, read_task_file
+from multitask.evaluate import task_probabilities
+from multitask.finetune import FinetuneMode
+from multitask.sampling import task_probabilities as sampling_probabilities
+from multitask.training.config import TaskData, TrainConfig, load_train_config
+from multitask.training.metrics import classification_metrics
+from multitask.training.trainer import load_splits, train
 
 # Budgets: overrides of the config's `training` settings for the LoRA runs (joint and single-task), plus
 # subsampling defaults. `frozen` overrides apply to the frozen-heads row (cheap: the config's settings except tiny).
@@ -101,7 +101,7 @@ INT8_MAX_LOSS = {("topic", "macro_f1"): 0.005, ("sentiment", "macro_recall"): 0.
 
 
 def log(message: str) -> None:
-    tqdm.write(f"[{datetime.now(timezone.utc):%H:%M:%S}] {message}", file=sys.stderr)
+    tqdm.write(f"[{datetime.now(UTC):%H:%M:%S}] {message}", file=sys.stderr)
 
 
 def subsample(dataset: TaskDataset, n: int | None, seed: int) -> TaskDataset:
@@ -148,7 +148,10 @@ def bench_config(
     if max_validation:  # tiny budget: validation subsets, written beside the bench checkpoints
         for task in tasks:
             data[task].validation = write_subset(
-                data[task].validation, specs[tasks.index(task)], max_validation, base.training.seed,
+                data[task].validation,
+                specs[tasks.index(task)],
+                max_validation,
+                base.training.seed,
                 output_dir.parent / "data" / task / "validation.jsonl",
             )
     return TrainConfig(
@@ -166,7 +169,10 @@ def run_trainer(config: TrainConfig, progress: bool) -> tuple[dict, float]:
     start = time.perf_counter()
     result = train(config, progress=progress)
     seconds = time.perf_counter() - start
-    validation = {task: {k: m["validation"][k] for k in ("accuracy", "macro_f1", "macro_recall")} for task, m in result.metrics.items()}
+    validation = {
+        task: {k: m["validation"][k] for k in ("accuracy", "macro_f1", "macro_recall")}
+        for task, m in result.metrics.items()
+    }
     return {"validation": validation, "history": result.history}, seconds
 
 
@@ -183,7 +189,9 @@ def write_subset(source: Path, spec: TaskSpec, n: int, seed: int, path: Path) ->
 # ---------------------------------------------------------------------------------------------------- evaluation
 
 
-def load_eval_sets(data_dir: Path, specs: dict[str, TaskSpec], max_test: int | None, seed: int) -> dict[str, TaskDataset]:
+def load_eval_sets(
+    data_dir: Path, specs: dict[str, TaskSpec], max_test: int | None, seed: int
+) -> dict[str, TaskDataset]:
     sets = {}
     for name, (task, relative) in EVAL_SETS.items():
         path = data_dir / relative
@@ -469,13 +477,15 @@ def main(argv: list[str] | None = None) -> int:
     specs = {t.name: t for t in base.model.tasks}
 
     def lora_config(name: str, run_tasks: list[str]) -> TrainConfig:
-        return bench_config(base, data_dir, work / name, run_tasks, budget["training"], max_train, max_validation, cache_dir)
+        return bench_config(
+            base, data_dir, work / name, run_tasks, budget["training"], max_train, max_validation, cache_dir
+        )
 
     shipped_exists = (args.checkpoint / "config.json").is_file()
     joint_is_shipped = args.budget == "full" and not args.train_joint and not max_train
     results: dict = {
         "budget": args.budget,
-        "started_at": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}",
+        "started_at": f"{datetime.now(UTC):%Y-%m-%d %H:%M UTC}",
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads",
         "config": str(args.config),
         "data_dir": str(data_dir),
@@ -494,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
         if same == {k: results[k] for k in same}:
             results["rows"].update(earlier["rows"])
             results["started_at"] = earlier["started_at"]
-            resumed_at = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}"
+            resumed_at = f"{datetime.now(UTC):%Y-%m-%d %H:%M UTC}"
             results["resumed"] = earlier.get("resumed", []) + [{"rows_kept": list(earlier["rows"]), "at": resumed_at}]
             log(f"resuming: keeping rows {list(earlier['rows'])}")
         else:
@@ -502,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     done = set(results["rows"])
 
     def save() -> None:
-        results["finished_at"] = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}"
+        results["finished_at"] = f"{datetime.now(UTC):%Y-%m-%d %H:%M UTC}"
         (out_dir / "quality.json").write_text(json.dumps(results, indent=2) + "\n")
         (out_dir / "quality.md").write_text(render(results))
 
@@ -512,7 +522,9 @@ def main(argv: list[str] | None = None) -> int:
     if "tfidf" in rows_wanted and "tfidf" not in done:
         log("TF-IDF + logistic regression")
         config = lora_config("tfidf", tasks)
-        metrics, chosen, seconds = tfidf_baseline(config, eval_sets, [float(c) for c in args.c_grid.split(",")], progress)
+        metrics, chosen, seconds = tfidf_baseline(
+            config, eval_sets, [float(c) for c in args.c_grid.split(",")], progress
+        )
         results["rows"]["tfidf"] = {
             "label": "TF-IDF + LR",
             "budget": "word 1-2 + char 2-5",
@@ -605,7 +617,10 @@ def main(argv: list[str] | None = None) -> int:
             save()
         settings = joint_config.training
         if settings.steps_per_epoch:
-            sizes = {t: len(d.examples) for t, d in ((t, read_task_file(joint_config.data[t].train, specs[t])) for t in tasks)}
+            sizes = {
+                t: len(d.examples)
+                for t, d in ((t, read_task_file(joint_config.data[t].train, specs[t])) for t in tasks)
+            }
             if max_train:
                 sizes = {t: min(n, max_train) for t, n in sizes.items()}
             shares = sampling_probabilities(sizes, settings.sampling, settings.sampling_temperature)

@@ -26,7 +26,9 @@ DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "d
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="multitask", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="multitask", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a checkpoint from a YAML config")
@@ -145,7 +147,9 @@ def _copy(args: argparse.Namespace) -> int:
 
 def _headline(metrics: dict) -> dict:
     return {
-        task: {split: {k: round(m[k], 4) for k in ("accuracy", "macro_f1", "macro_recall")} for split, m in splits.items()}
+        task: {
+            split: {k: round(m[k], 4) for k in ("accuracy", "macro_f1", "macro_recall")} for split, m in splits.items()
+        }
         for task, splits in metrics.items()
     }
 

@@ -1,7 +1,7 @@
 """The shared sentence encoder: transformer -> mask-aware mean pooling -> projection to the shared embedding.
 
-    encoder = SentenceEncoder.load(ModelConfig(...))   # hub id, local directory or the embedded default
-    embeddings = encoder(**encoder.tokenize(["a sentence"]))   # (batch, embedding_dim)
+encoder = SentenceEncoder.load(ModelConfig(...))   # hub id, local directory or the embedded default
+embeddings = encoder(**encoder.tokenize(["a sentence"]))   # (batch, embedding_dim)
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ def load_transformer(
     a bundled checkpoint's own copy of them, when given; else from what `config.encoder` names."""
     if bundled is not None:
         if not bundled.is_dir():
-            raise CheckpointError(f"{bundled} is missing: the bundle is incomplete; bundle it again (`multitask bundle`).")
+            raise CheckpointError(
+                f"{bundled} is missing: the bundle is incomplete; bundle it again (`multitask bundle`)."
+            )
         source, revision = str(bundled), None  # a plain folder: no hub revision applies
     else:
         source, revision = resolve_encoder_source(config.encoder), config.revision
@@ -60,7 +62,7 @@ def load_transformer(
 _TOKENIZER_SETTINGS = ("do_lower_case", "strip_accents", "tokenize_chinese_chars", "model_max_length")
 
 
-def tensors_digest(tensors: dict[str, torch.Tensor]) -> "hashlib._Hash":
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> hashlib._Hash:
     """SHA-256 over named tensors (name, dtype, shape, bytes), independent of dict order."""
     digest = hashlib.sha256()
     for name, tensor in sorted(tensors.items()):
@@ -111,7 +113,7 @@ class SentenceEncoder(nn.Module):
         self.fingerprint = self.base_fingerprint  # changes when a checkpoint's fine-tuned weights are applied
 
     @classmethod
-    def load(cls, config: ModelConfig) -> "SentenceEncoder":
+    def load(cls, config: ModelConfig) -> SentenceEncoder:
         transformer, tokenizer = load_transformer(config)
         return cls(transformer, tokenizer, config)
 

@@ -1,6 +1,6 @@
 """Evaluate a checkpoint on a labelled file: metrics as JSON, plots into a folder.
 
-    multitask evaluate --checkpoint checkpoints/default --task topic --data ../shared/data/topic/test.jsonl
+multitask evaluate --checkpoint checkpoints/default --task topic --data ../shared/data/topic/test.jsonl
 """
 
 from __future__ import annotations

@@ -14,9 +14,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 # Every Ray these tests start serves as `make run` does: with serve.env's settings (HAProxy, throughput-optimized
 # Serve), set before anything imports ray.serve.
-from ports import private_haproxy_env  # noqa: E402
+from ports import private_haproxy_env
 
-from deployments.serve_env import read_serve_env  # noqa: E402
+from deployments.serve_env import read_serve_env
 
 for _key, _value in read_serve_env().items():
     os.environ.setdefault(_key, _value)
@@ -28,12 +28,12 @@ for _key, _value in read_serve_env().items():
 for _key, _value in private_haproxy_env().items():
     os.environ.setdefault(_key, _value)
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-from multitask.config import DEFAULT_TASKS, EMBEDDED_ENCODER, ModelConfig  # noqa: E402
-from multitask.encoder import SentenceEncoder  # noqa: E402
-from multitask.model import MultiTaskModel  # noqa: E402
+from multitask.config import DEFAULT_TASKS, EMBEDDED_ENCODER, ModelConfig
+from multitask.encoder import SentenceEncoder
+from multitask.model import MultiTaskModel
 
 
 @pytest.fixture(scope="session")

@@ -32,7 +32,9 @@ def test_evaluate_cli_prints_metrics_json_and_writes_plot(tmp_path: Path, capsys
         '"the striker scored twice in the cup final",Sports\n'
     )
     plots = tmp_path / "plots"
-    code = main(["evaluate", "--checkpoint", str(SHIPPED), "--task", "topic", "--data", str(data), "--plots-dir", str(plots)])
+    code = main(
+        ["evaluate", "--checkpoint", str(SHIPPED), "--task", "topic", "--data", str(data), "--plots-dir", str(plots)]
+    )
     assert code == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["examples"] == 3

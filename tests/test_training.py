@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from tiny_tasks import SENTIMENT_PROBES, TOPIC_PROBES, tiny_config_dict
 
 from multitask.checkpoint import load_model
 from multitask.cli import main
@@ -11,7 +12,6 @@ from multitask.encoder import SentenceEncoder
 from multitask.errors import MultitaskError
 from multitask.training.config import TrainConfig, load_train_config
 from multitask.training.trainer import train
-from tiny_tasks import SENTIMENT_PROBES, TOPIC_PROBES, tiny_config_dict
 
 
 @pytest.fixture(scope="module")

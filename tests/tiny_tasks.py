@@ -14,8 +14,22 @@ from multitask.config import EMBEDDED_ENCODER
 
 TOPIC_WORDS = {
     "sports": ["football match", "tennis final", "basketball game", "marathon race", "soccer team", "cricket series"],
-    "technology": ["smartphone chip", "software update", "laptop processor", "cloud database", "computer virus", "AI model"],
-    "politics": ["parliament vote", "election campaign", "senate bill", "prime minister", "new tax law", "foreign minister"],
+    "technology": [
+        "smartphone chip",
+        "software update",
+        "laptop processor",
+        "cloud database",
+        "computer virus",
+        "AI model",
+    ],
+    "politics": [
+        "parliament vote",
+        "election campaign",
+        "senate bill",
+        "prime minister",
+        "new tax law",
+        "foreign minister",
+    ],
 }
 TOPIC_TEMPLATES = [
     "News today about the {w}.",
@@ -99,9 +113,7 @@ def tiny_config_dict(folder: Path, mode: str = "frozen", **training) -> dict:
             "max_length": 32,
             "embedding_dim": 128,
             "dropout": 0.0,
-            "tasks": [
-                {"name": task, "labels": list(labels), "hidden_size": 64} for task, labels in LABELS.items()
-            ],
+            "tasks": [{"name": task, "labels": list(labels), "hidden_size": 64} for task, labels in LABELS.items()],
         },
         "data": {task: {k: str(v) for k, v in splits.items()} for task, splits in files.items()},
         "training": settings,

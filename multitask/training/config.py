@@ -1,6 +1,6 @@
 """The training config: a YAML file validated by pydantic. Relative paths are relative to the YAML file.
 
-    multitask train --config configs/default.yaml
+multitask train --config configs/default.yaml
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class TrainConfig(BaseModel):
     output_dir: Path
 
     @model_validator(mode="after")
-    def _data_matches_tasks(self) -> "TrainConfig":
+    def _data_matches_tasks(self) -> TrainConfig:
         tasks = set(self.model.task_names)
         missing, extra = tasks - set(self.data), set(self.data) - tasks
         if missing or extra:
@@ -86,7 +86,7 @@ class TrainConfig(BaseModel):
             raise ValueError(f"loss_weights names unknown task(s) {sorted(unknown_weights)}; tasks: {sorted(tasks)}")
         return self
 
-    def resolve_paths(self, base: Path) -> "TrainConfig":
+    def resolve_paths(self, base: Path) -> TrainConfig:
         """Make relative data and output paths relative to `base` (the YAML file's folder)."""
 
         def resolve(path: Path | None) -> Path | None:
@@ -97,7 +97,11 @@ class TrainConfig(BaseModel):
 
         data = {
             task: files.model_copy(
-                update={"train": resolve(files.train), "validation": resolve(files.validation), "test": resolve(files.test)}
+                update={
+                    "train": resolve(files.train),
+                    "validation": resolve(files.validation),
+                    "test": resolve(files.test),
+                }
             )
             for task, files in self.data.items()
         }

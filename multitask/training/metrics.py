@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+import itertools
+from collections.abc import Sequence
 
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support, recall_score
@@ -16,12 +17,10 @@ def classification_metrics(y_true: Sequence[int], probabilities: np.ndarray, lab
     y_true = np.asarray(y_true)
     y_pred = probabilities.argmax(axis=1)
     indices = list(range(len(labels)))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=indices, zero_division=0
-    )
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=indices, zero_division=0)
     present = [i for i in indices if support[i] > 0]  # labels absent from this split are left out of macro scores
     return {
-        "examples": int(len(y_true)),
+        "examples": len(y_true),
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "macro_f1": float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
         "macro_recall": float(recall_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
@@ -46,7 +45,7 @@ def expected_calibration_error(probabilities: np.ndarray, y_true: Sequence[int],
     correct = probabilities.argmax(axis=1) == y_true
     edges = np.linspace(0.0, 1.0, bins + 1)
     ece = 0.0
-    for low, high in zip(edges[:-1], edges[1:]):
+    for low, high in itertools.pairwise(edges):
         in_bin = (confidence > low) & (confidence <= high)
         if in_bin.any():
             ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
