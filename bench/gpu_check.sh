@@ -2,7 +2,7 @@
 # GPU check (issue 4), one script, under 5 minutes (each step capped; all together at most 300 s):
 #   1. the bge-large architecture (random weights, no download) at bf16 and fp16, batch 64 x 128 tokens, through the
 #      project's encoder code: tokens/s and achieved TFLOP/s against the card's bf16/fp16 peak (bench/gpu_check.py);
-#   2. the serving encoder path (deployments.runtime.EncoderRuntime, what the Encoder deployment runs): auto picks
+#   2. the serving encoder path (multitask.runtime.torch_runtime, what the Encoder deployment runs on a GPU): auto picks
 #      cuda + bf16, parity with fp32, texts/s per batch size (bench/gpu_serving_check.py);
 #   3. the Serve graph itself with the embedded model, its Encoder on the GPU (torch runtime, bf16), over HTTP and
 #      handles (bench/serving_bench.py --encoder torch-gpu); skipped, saying so, where the project (Ray) is not

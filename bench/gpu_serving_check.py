@@ -1,4 +1,4 @@
-"""GPU check of the serving encoder path (`deployments.runtime.EncoderRuntime`, what the Encoder deployment runs):
+"""GPU check of the serving encoder path (`TorchEncoderRuntime` from `select_runtime`, what the Encoder deployment runs):
 device and dtype choice, bf16 against fp32 on the same weights, truncation flags, and texts/s per batch size.
 
     python bench/gpu_serving_check.py --out /tmp/gpu_serving.json                  # on a machine with a GPU
@@ -24,11 +24,12 @@ import torch
 from transformers import BertConfig, BertModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from deployments.runtime import EncoderRuntime
-from multitask.checkpoint import load_head, save_checkpoint
+from multitask.checkpoint.load import load_head, save_checkpoint
 from multitask.config import DEFAULT_TASKS, ModelConfig
 from multitask.encoder import SentenceEncoder
 from multitask.model import MultiTaskModel
+from multitask.runtime.base import EncoderRuntime
+from multitask.runtime.select import select_runtime
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 SENTENCES = [
@@ -108,7 +109,7 @@ def throughput(runtime: EncoderRuntime, texts: list[str], batch_sizes: list[int]
     for size in batch_sizes:
         batch = (texts * (size // len(texts) + 1))[:size]
         runtime.forward(batch)  # warm-up
-        if runtime.device.type == "cuda":
+        if runtime.device.startswith("cuda"):
             torch.cuda.synchronize()
         calls, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
@@ -142,9 +143,9 @@ def main() -> None:
         start = time.perf_counter()
         checkpoint = make_checkpoint(Path(tmp), args.layers, tokenizer_dir(args.tokenizer_dir))
         report["checkpoint_s"] = round(time.perf_counter() - start, 1)
-        auto = EncoderRuntime.load(checkpoint, device=args.device, dtype="auto")  # what the deployment picks
+        auto = select_runtime(checkpoint, "torch", args.device, "auto")  # what the deployment picks on a GPU
         report["auto"] = auto.describe()
-        fp32 = EncoderRuntime.load(checkpoint, device=str(auto.device), dtype="float32")
+        fp32 = select_runtime(checkpoint, "torch", auto.device, "float32")
         texts = make_texts(args.texts)
         report["bf16_or_fp16_vs_fp32"] = compare(fp32, auto, checkpoint, texts)
         sizes = [1, 8, 32, 64, 128]

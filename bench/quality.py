@@ -54,7 +54,8 @@ from tqdm.auto import tqdm
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from multitask.checkpoint import load_model, read_manifest
+from multitask.checkpoint.load import load_model
+from multitask.checkpoint.manifest import read_manifest
 from multitask.config import TaskSpec
 from multitask.data import TaskDataset, read_task_file
 from multitask.evaluate import task_probabilities
@@ -223,7 +224,7 @@ def evaluate_served_encoder(checkpoint: Path, eval_sets: dict[str, TaskDataset],
     """`evaluate_checkpoint` with what the CPU service runs: the onnxruntime encoder at `precision` (exported and
     quantized into the default ONNX cache on first use) and the numpy heads; (metrics by set, seconds)."""
     from multitask.numpy_head import NumpyHead
-    from multitask.onnx_runtime import OnnxEncoderRuntime
+    from multitask.runtime.onnx_runtime import OnnxEncoderRuntime
 
     start = time.perf_counter()
     encoder = OnnxEncoderRuntime.load(checkpoint, threads=torch.get_num_threads(), precision=precision)

@@ -22,7 +22,7 @@ bounded by `--duration` and `--max-requests`), all on 127.0.0.1.
   engine pools the CLS token unless told; all-MiniLM-L6-v2 is mean-pooled) on the same model exported to ONNX by
   optimum (`ORTModelForFeatureExtraction.from_pretrained(folder, export=True)`, into `.bench/infinity-onnx/float32`).
   infinity-optimum-int8: the same folder plus `model_quantized.onnx`, made from that `model.onnx` by this project's
-  own int8 recipe (`multitask.onnx_export.quantize_file`); Infinity prefers a quantized file on CPU.
+  own int8 recipe (`multitask.runtime.onnx_export.quantize_file`); Infinity prefers a quantized file on CPU.
   Infinity 0.0.78 lists a local folder's ONNX files as absolute paths and optimum then looks for
   `<folder>/<absolute path>` ("Could not find any ONNX files with target file name"). Workaround: the server runs
   with the folder as its working directory and `--model-id .`, so the listed paths are relative (`model.onnx`).
@@ -122,9 +122,10 @@ def bare_main(args: argparse.Namespace) -> None:
     torch's defaults."""
     checkpoint = ROOT / args.checkpoint
     if args.bare_runtime in ("onnx", "onnx-int8"):
-        from multitask.manifest import label_scores, read_manifest
+        from multitask.checkpoint.manifest import read_manifest
         from multitask.numpy_head import NumpyHead
-        from multitask.onnx_runtime import OnnxEncoderRuntime
+        from multitask.results import label_scores
+        from multitask.runtime.onnx_runtime import OnnxEncoderRuntime
 
         precision = "int8" if args.bare_runtime == "onnx-int8" else "float32"
         encoder = OnnxEncoderRuntime.load(checkpoint, threads=os.cpu_count() or 1, precision=precision)
@@ -141,7 +142,7 @@ def bare_main(args: argparse.Namespace) -> None:
     else:
         import torch
 
-        from multitask.checkpoint import load_model
+        from multitask.checkpoint.load import load_model
 
         torch.set_num_threads(os.cpu_count() or 1)
         predict = load_model(checkpoint).predict
@@ -240,7 +241,7 @@ def infinity_onnx_folder(venv: Path, precision: str) -> Path:
     if not (int8 / "model_quantized.onnx").is_file():
         import shutil
 
-        from multitask.onnx_export import quantize_file
+        from multitask.runtime.onnx_export import quantize_file
 
         shutil.rmtree(int8, ignore_errors=True)
         shutil.copytree(float32, int8)

@@ -6,8 +6,8 @@ pre-filled Hugging Face cache.
 
 The manifest records `encoder.bundled: true`; `load_encoder` then reads the base encoder from the checkpoint and
 still checks both fingerprints (base, and base plus fine-tuned weights), so a bundle whose weights or tokenizer
-were altered is refused like any other mismatch. The bundled files count in the storage digest (`digest.json`) and
-in the ONNX export's `checkpoint_digest` like every other file of the checkpoint.
+were altered is refused like any other mismatch. The bundled files count in both digests (multitask/checkpoint/digest.py):
+storage's `digest.json` and the ONNX export's key.
 """
 
 from __future__ import annotations
@@ -16,17 +16,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from multitask.checkpoint import (
-    BUNDLE_DIR,
-    CONFIG_FILE,
-    CheckpointManifest,
-    check_checkpoint,
-    check_fingerprint,
-    load_encoder,
-)
+from multitask.checkpoint.check import check_checkpoint
+from multitask.checkpoint.format import BUNDLE_DIR, CONFIG_FILE, DIGEST_FILE
+from multitask.checkpoint.load import load_encoder
+from multitask.checkpoint.manifest import CheckpointManifest, check_fingerprint
 from multitask.encoder import load_transformer, weights_fingerprint
 from multitask.errors import CheckpointError
-from multitask.storage import DIGEST_FILE
 
 
 def bundle_checkpoint(source: str | Path, destination: str | Path) -> CheckpointManifest:

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print(json.dumps(evaluate_file(checkpoint, args.task, args.data, args.plots_dir), indent=2))
             return 0
-        from multitask.checkpoint import load_model
+        from multitask.checkpoint.load import load_model
 
         results = load_model(checkpoint).predict(args.texts, tasks=args.tasks)
         print(json.dumps([{"text": t, **r} for t, r in zip(args.texts, results)], indent=2))

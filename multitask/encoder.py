@@ -124,6 +124,10 @@ class SentenceEncoder(nn.Module):
         )
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
+    def token_ids(self, texts: list[str], max_length: int | None = None) -> list[list[int]]:
+        """Unpadded token ids (special tokens included), truncated to `max_length`, default the encoder's."""
+        return self.tokenizer(list(texts), truncation=True, max_length=max_length or self.max_length)["input_ids"]
+
     def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Transformer + mean pooling, before the projection: (batch, seq) -> (batch, native_dim)."""
         output = self.transformer(input_ids=input_ids, attention_mask=attention_mask)

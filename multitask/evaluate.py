@@ -9,10 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from multitask.checkpoint import load_model
-from multitask.data import length_sorted_batches, read_task_file
+from multitask.checkpoint.load import load_model
+from multitask.data import read_task_file
 from multitask.model import MultiTaskModel
 from multitask.training.metrics import classification_metrics
 from multitask.training.report import plot_confusion_matrix
@@ -22,14 +21,10 @@ from multitask.training.report import plot_confusion_matrix
 def task_probabilities(
     model: MultiTaskModel, task: str, texts: list[str], batch_size: int = 128, progress: bool = True
 ) -> np.ndarray:
-    """(n, num_labels) calibrated probabilities, batching texts of similar length together."""
+    """(n, num_labels) calibrated probabilities, batching texts of similar length together (`MultiTaskModel.embed`)."""
     model.eval()
-    head = model.heads[task]
-    out = np.empty((len(texts), len(head.task.labels)), dtype=np.float32)
-    for indices in tqdm(length_sorted_batches(texts, batch_size), desc=f"evaluating {task}", disable=not progress):
-        tokens = {k: v.to(model.device) for k, v in model.encoder.tokenize([texts[i] for i in indices]).items()}
-        out[indices] = head.probabilities(model.encoder(**tokens)).float().cpu().numpy()
-    return out
+    embeddings = model.embed(texts, max_batch=batch_size, progress=f"evaluating {task}" if progress else None)
+    return model.heads[task].probabilities(embeddings).float().cpu().numpy()
 
 
 def evaluate_file(

@@ -10,7 +10,7 @@ import torch
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from transformers import PreTrainedModel
 
-from multitask.manifest import FinetuneMode, LoraSpec
+from multitask.checkpoint.manifest import FinetuneMode, LoraSpec
 
 
 def add_lora(transformer: PreTrainedModel, spec: LoraSpec) -> PreTrainedModel:

@@ -1,10 +1,14 @@
-"""A task head: `Linear(embedding_dim, hidden) -> ReLU -> Dropout -> Linear(hidden, num_labels)`."""
+"""A task head: `Linear(embedding_dim, hidden) -> ReLU -> Dropout -> Linear(hidden, num_labels)`.
+
+Its tensor names are the checkpoint format's (`multitask/checkpoint/format.py`, `head_shapes`), which the numpy
+head and the checkpoint check read too; tests/test_checkpoint.py keeps the two the same."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from multitask.checkpoint.format import TEMPERATURE
 from multitask.config import TaskSpec
 
 
@@ -23,7 +27,7 @@ class TaskHead(nn.Module):
             nn.Dropout(dropout),
             nn.Linear(task.hidden_size, len(task.labels)),
         )
-        self.register_buffer("temperature", torch.ones(()))
+        self.register_buffer(TEMPERATURE, torch.ones(()))
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
         """(batch, embedding_dim) -> (batch, num_labels) raw logits."""

@@ -5,7 +5,8 @@
     out.logits["topic"]   # (batch, 6)
     out.embeddings        # (batch, embedding_dim)
 
-`predict` turns texts into the same result dicts that the HTTP API returns.
+`predict` turns texts into the same result dicts that the HTTP API returns; it and `embed` run the encoder through
+the inference core (`multitask/runtime/torch_runtime.py`), as serving and evaluation do.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from multitask.config import ModelConfig
+from multitask.config import ModelConfig, unknown_task_message
 from multitask.encoder import SentenceEncoder
 from multitask.heads import TaskHead
-from multitask.manifest import label_scores
+from multitask.results import label_scores
+from multitask.runtime.torch_runtime import TorchEncoderRuntime
 
 
 @dataclass
@@ -45,7 +47,7 @@ class MultiTaskModel(nn.Module):
             tasks = [tasks]
         unknown = [task for task in tasks if task not in self.heads]
         if unknown:
-            raise KeyError(f"No task {unknown[0]!r}. Available: {list(self.heads)}")
+            raise KeyError(unknown_task_message(unknown[0], list(self.heads)))
         return list(tasks)
 
     def classify(self, embeddings: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
@@ -73,8 +75,7 @@ class MultiTaskModel(nn.Module):
             tasks = self.check_tasks(tasks)
             if not texts:
                 return []
-            batch = {k: v.to(self.device) for k, v in self.encoder.tokenize(list(texts)).items()}
-            embeddings = self.encoder(**batch)
+            embeddings = self.embed(texts)
             results: list[dict] = [{} for _ in texts]
             for task in tasks:
                 probs = self.heads[task].probabilities(embeddings).float().cpu()
@@ -86,6 +87,13 @@ class MultiTaskModel(nn.Module):
             return results
         finally:
             self.train(was_training)
+
+    def embed(self, texts: Sequence[str], max_batch: int = 0, progress: str | None = None) -> torch.Tensor:
+        """(n, embedding_dim) shared embeddings on the heads' device and dtype, in length-sorted passes of at most
+        `max_batch` texts (0: one pass); `progress`: a progress bar with this title. The caller sets eval mode."""
+        batch = TorchEncoderRuntime(self.encoder).encode(list(texts), max_batch=max_batch, progress=progress)
+        weight = next(self.heads.parameters())
+        return torch.from_numpy(batch.embeddings).to(device=weight.device, dtype=weight.dtype)
 
     @property
     def device(self) -> torch.device:

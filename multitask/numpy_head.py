@@ -6,6 +6,8 @@ in eval mode, read from the checkpoint's `model.safetensors`:
 
     head = NumpyHead.load("checkpoints/default", "topic", encoder_fingerprint="b987d2a51d8e8322")
     head.probabilities(embeddings)          # (n, embedding_dim) float32 -> (n, 6)
+
+`check_checkpoint` validates every head by loading it here, the way the head replicas do.
 """
 
 from __future__ import annotations
@@ -13,11 +15,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from safetensors import SafetensorError, safe_open
 
+from multitask.checkpoint.files import check_shapes, read_tensors
+from multitask.checkpoint.format import HIDDEN_LAYER, MODEL_FILE, OUTPUT_LAYER, TEMPERATURE, head_prefix, head_shapes
+from multitask.checkpoint.manifest import head_spec
 from multitask.config import TaskSpec
-from multitask.errors import CheckpointError
-from multitask.manifest import MODEL_FILE, head_spec
 
 
 class NumpyHead:
@@ -25,13 +27,11 @@ class NumpyHead:
 
     def __init__(self, task: TaskSpec, tensors: dict[str, np.ndarray]):
         self.task = task
-        self.w1 = np.ascontiguousarray(tensors["net.0.weight"].T, dtype=np.float32)  # (embedding_dim, hidden)
-        self.b1 = tensors["net.0.bias"].astype(np.float32)
-        self.w2 = np.ascontiguousarray(tensors["net.3.weight"].T, dtype=np.float32)  # (hidden, num_labels)
-        self.b2 = tensors["net.3.bias"].astype(np.float32)
-        self.temperature = float(tensors.get("temperature", np.float32(1.0)))
-        if self.w2.shape[1] != len(task.labels):
-            raise CheckpointError(f"Head {task.name!r} has {self.w2.shape[1]} outputs for {len(task.labels)} labels.")
+        self.w1 = np.ascontiguousarray(tensors[f"{HIDDEN_LAYER}.weight"].T, dtype=np.float32)  # (embedding_dim, hidden)
+        self.b1 = tensors[f"{HIDDEN_LAYER}.bias"].astype(np.float32)
+        self.w2 = np.ascontiguousarray(tensors[f"{OUTPUT_LAYER}.weight"].T, dtype=np.float32)  # (hidden, num_labels)
+        self.b2 = tensors[f"{OUTPUT_LAYER}.bias"].astype(np.float32)
+        self.temperature = float(tensors[TEMPERATURE])
 
     @property
     def in_features(self) -> int:
@@ -39,22 +39,14 @@ class NumpyHead:
 
     @classmethod
     def load(cls, directory: str | Path, task: str, encoder_fingerprint: str | None = None) -> NumpyHead:
-        """`multitask.checkpoint.load_head` without torch: one task's weights; with `encoder_fingerprint`, refuse
-        heads trained on a different encoder."""
+        """`multitask.checkpoint.load.load_head` without torch: one task's weights, every tensor of the shape the
+        config says; with `encoder_fingerprint`, refuse heads trained on a different encoder."""
         directory = Path(directory)
-        _, spec = head_spec(directory, task, encoder_fingerprint)
-        path, prefix = directory / MODEL_FILE, f"heads.{task}."
-        try:
-            with safe_open(str(path), framework="np") as handle:
-                names = [key for key in handle.keys() if key.startswith(prefix)]  # noqa: SIM118 - not a dict
-                tensors = {key[len(prefix) :]: handle.get_tensor(key) for key in names}
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(
-                f"{path} is corrupt or not a safetensors file ({exc}); re-save or re-train it."
-            ) from exc
-        missing = {"net.0.weight", "net.0.bias", "net.3.weight", "net.3.bias"} - set(tensors)
-        if missing:
-            raise CheckpointError(f"{path} has no {sorted(missing)} for head {task!r}; the checkpoint is incomplete.")
+        manifest, spec = head_spec(directory, task, encoder_fingerprint)
+        path = directory / MODEL_FILE
+        tensors = read_tensors(path, head_prefix(task))
+        shapes = {name: tuple(tensor.shape) for name, tensor in tensors.items()}
+        check_shapes(path, f"head {task!r}", shapes, head_shapes(spec, manifest.model.embedding_dim))
         return cls(spec, tensors)
 
     def probabilities(self, embeddings: np.ndarray) -> np.ndarray:

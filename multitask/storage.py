@@ -43,25 +43,22 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from multitask.checkpoint_check import check_checkpoint
+from multitask.checkpoint.check import check_checkpoint
+from multitask.checkpoint.digest import FileDigests, file_digests
+from multitask.checkpoint.format import CONFIG_FILE, DIGEST_FILE
 from multitask.errors import CheckpointError
-from multitask.manifest import CONFIG_FILE
 
 if TYPE_CHECKING:
     import pyarrow.fs
 
 logger = logging.getLogger(__name__)
 
-DIGEST_FILE = "digest.json"
 DIGEST_FORMAT = 1
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "multitask" / "checkpoints"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 _CHUNK = 8 << 20
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
 _UPLOAD_HINT = "upload one with `multitask upload`, `multitask train --output URI` or `multitask bundle SRC URI`"
-
-Digest = dict[str, dict[str, Any]]
-"""Relative POSIX path -> {"size": bytes, "sha256": hex}, for every file of a checkpoint but the digest file."""
 
 
 def is_uri(location: str | Path) -> bool:
@@ -89,19 +86,7 @@ def locate_checkpoint(location: str | Path, cache_dir: str | Path | None = None)
     return PROJECT_ROOT / path
 
 
-def directory_digest(directory: Path) -> Digest:
-    """Size and SHA-256 of every file under `directory` (subfolders too), the digest file excepted."""
-    files = {}
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        name = path.relative_to(directory).as_posix()
-        if name != DIGEST_FILE:
-            with path.open("rb") as handle:
-                sha256 = hashlib.file_digest(handle, "sha256").hexdigest()
-            files[name] = {"size": path.stat().st_size, "sha256": sha256}
-    return files
-
-
-def cache_key(files: Digest) -> str:
+def cache_key(files: FileDigests) -> str:
     """The cache folder name of a checkpoint: a hash of its digest (every file's name, size and SHA-256)."""
     return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:32]
 
@@ -109,12 +94,12 @@ def cache_key(files: Digest) -> str:
 # --- upload --------------------------------------------------------------------------------------------------------
 
 
-def upload_checkpoint(local_dir: str | Path, uri: str) -> Digest:
+def upload_checkpoint(local_dir: str | Path, uri: str) -> FileDigests:
     """Copy the checkpoint in `local_dir` to `uri` (overwriting files of the same names there) and write its digest
     file last. Refuses a directory that fails `check_checkpoint`. Returns the digest written."""
     directory = Path(local_dir)
     check_checkpoint(directory)
-    files = directory_digest(directory)
+    files = file_digests(directory)
     remote = _Remote.open(uri)
     try:
         remote.delete(DIGEST_FILE)  # from now until the end, the checkpoint there reads as incomplete
@@ -178,7 +163,7 @@ def _fetch_without_digest(remote: _Remote, cache_dir: Path) -> Path:
         return cache_dir / key
 
 
-def _download(remote: _Remote, files: Digest, cache_dir: Path, label: str) -> Path:
+def _download(remote: _Remote, files: FileDigests, cache_dir: Path, label: str) -> Path:
     """Download `files` into a new staging folder in `cache_dir`, checking each size and SHA-256 (None: not known)
     as it streams, then `check_checkpoint`; returns the folder, with its digest file. Called under `label`'s lock,
     so staging folders of that label left by processes that died are removed first."""
@@ -216,7 +201,7 @@ def _publish(staging: Path, target: Path) -> None:
     os.rename(staging, target)
 
 
-def _is_complete(target: Path, files: Digest | None) -> bool:
+def _is_complete(target: Path, files: FileDigests | None) -> bool:
     """`target` holds a published checkpoint (of `files`, when given) with every file at its recorded size."""
     recorded = _read_json(target / DIGEST_FILE)
     if recorded is None or (files is not None and recorded.get("files") != files):
@@ -248,7 +233,7 @@ def _safe_relative(name: str, uri: str) -> PurePosixPath:
     return path
 
 
-def _digest_json(files: Digest) -> str:
+def _digest_json(files: FileDigests) -> str:
     return json.dumps({"format": DIGEST_FORMAT, "files": files}, indent=1, sort_keys=True) + "\n"
 
 
@@ -284,7 +269,7 @@ class _Remote:
     def path(self, name: str) -> str:
         return f"{self.root}/{name}"
 
-    def read_digest(self) -> Digest | None:
+    def read_digest(self) -> FileDigests | None:
         """The digest file's files, or None when there is none."""
         try:
             with self.fs.open_input_stream(self.path(DIGEST_FILE)) as stream:

@@ -14,7 +14,10 @@ import torch
 from s3_server import s3_server
 from safetensors.torch import load_file, save_file
 
-from multitask.checkpoint import BUNDLE_DIR, ENCODER_FILE, check_checkpoint, load_encoder, load_model, read_manifest
+from multitask.checkpoint.check import check_checkpoint
+from multitask.checkpoint.format import BUNDLE_DIR, ENCODER_FILE
+from multitask.checkpoint.load import load_encoder, load_model
+from multitask.checkpoint.manifest import read_manifest
 from multitask.cli import main
 from multitask.errors import CheckpointError, EncoderMismatchError
 from multitask.storage import locate_checkpoint
@@ -115,7 +118,8 @@ def test_bundling_refuses_a_non_empty_destination(bundle, tmp_path, capsys):
 
 
 def test_the_onnx_export_runs_from_a_bundle(bundle, tmp_path):
-    from multitask.onnx_runtime import OnnxEncoderRuntime, checkpoint_digest
+    from multitask.checkpoint.digest import encoder_digest
+    from multitask.runtime.onnx_runtime import OnnxEncoderRuntime
 
     runtime = OnnxEncoderRuntime.load(bundle, tmp_path / "onnx", threads=2)
     got, _ = runtime.forward(TEXTS)
@@ -123,7 +127,7 @@ def test_the_onnx_export_runs_from_a_bundle(bundle, tmp_path):
     assert runtime.fingerprint == read_manifest(bundle).encoder.fingerprint
     other = copy_of(bundle, tmp_path)
     (other / BUNDLE_DIR / "tokenizer.json").write_text((other / BUNDLE_DIR / "tokenizer.json").read_text() + " ")
-    assert checkpoint_digest(other) != checkpoint_digest(bundle)  # the bundled files count in the export's key
+    assert encoder_digest(other) != encoder_digest(bundle)  # the bundled files count in the export's key
 
 
 def test_cli_bundles_into_storage_and_nodes_load_it_from_there(tmp_path, monkeypatch, capsys):

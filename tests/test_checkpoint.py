@@ -8,27 +8,23 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import BertConfig, BertModel
 
-from multitask.checkpoint import (
-    CONFIG_FILE,
-    ENCODER_FILE,
-    MODEL_FILE,
-    load_encoder,
-    load_head,
-    load_model,
-    read_manifest,
-    save_checkpoint,
-)
+from multitask.checkpoint.check import check_checkpoint
+from multitask.checkpoint.format import CONFIG_FILE, ENCODER_FILE, MODEL_FILE, head_shapes
+from multitask.checkpoint.load import load_encoder, load_head, load_model, save_checkpoint
+from multitask.checkpoint.manifest import read_manifest
 from multitask.config import DEFAULT_TASKS, EMBEDDED_ENCODER, ModelConfig
 from multitask.encoder import SentenceEncoder, resolve_encoder_source
 from multitask.errors import CheckpointError, EncoderMismatchError
 from multitask.finetune import FinetuneMode, LoraSpec, add_lora
 from multitask.model import MultiTaskModel
+from multitask.numpy_head import NumpyHead
 
 TEXTS = ["Parliament passed the budget.", "What a fantastic concert!", "Shares of the chipmaker slid 4%."]
 
@@ -266,6 +262,13 @@ def test_load_head_of_an_unknown_task_lists_the_tasks(frozen_checkpoint):
         load_head(frozen_checkpoint, "emotion")
 
 
+def test_the_torch_head_has_the_tensors_the_format_names(saved_model):
+    """The numpy head and the check read heads by `head_shapes`; `TaskHead` must save exactly those."""
+    for head in saved_model.heads.values():
+        saved = {name: tuple(tensor.shape) for name, tensor in head.state_dict().items()}
+        assert saved == head_shapes(head.task, saved_model.config.embedding_dim)
+
+
 # --- missing, corrupt and invalid files -----------------------------------------------------------------------
 
 
@@ -331,3 +334,26 @@ def test_weights_that_do_not_fit_the_config_are_refused(frozen_checkpoint, tmp_p
     edit_config(directory, lambda config: config["model"]["tasks"][0].update(hidden_size=256))
     with pytest.raises(CheckpointError, match=re.escape(str(directory / MODEL_FILE))):
         load_head(directory, "topic")
+
+
+def test_the_check_loads_heads_as_the_head_replicas_do(frozen_checkpoint, tmp_path):
+    """A head without its temperature loads in neither torch (strict) nor numpy; the check refuses it up front."""
+    directory = copy_checkpoint(frozen_checkpoint, tmp_path)
+    path = directory / MODEL_FILE
+    save_file({k: v for k, v in load_file(str(path)).items() if k != "heads.sentiment.temperature"}, str(path))
+    with pytest.raises(CheckpointError, match=re.escape(f"{path} does not match the model config: head 'sentiment'")):
+        check_checkpoint(directory)
+    with pytest.raises(CheckpointError, match=re.escape(str(path))):
+        load_head(directory, "sentiment")
+
+
+def test_numpy_head_matches_the_torch_head_and_checks_the_fingerprint(saved_model, frozen_checkpoint):
+    fingerprint = read_manifest(frozen_checkpoint).encoder.fingerprint
+    x = np.random.default_rng(0).normal(size=(4, 1024)).astype(np.float32)
+    for task, torch_head in saved_model.heads.items():
+        head = NumpyHead.load(frozen_checkpoint, task, fingerprint)
+        with torch.inference_mode():
+            expected = torch_head.probabilities(torch.from_numpy(x)).numpy()
+        assert abs(head.probabilities(x) - expected).max() < 1e-5
+    with pytest.raises(EncoderMismatchError):
+        NumpyHead.load(frozen_checkpoint, "topic", "0" * 16)

@@ -46,7 +46,7 @@ def test_autoscaling_overlay_changes_only_the_heads_scaling_and_keeps_every_key(
 
 def test_merged_config_is_a_file_serve_and_the_graph_accept(tmp_path, minilm_model):
     from graph import app_from_config
-    from multitask.checkpoint import save_checkpoint
+    from multitask.checkpoint.load import save_checkpoint
 
     save_checkpoint(minilm_model, tmp_path / "ckpt")
     path = write_overlaid(OVERLAY, tmp_path / "merged.yaml")

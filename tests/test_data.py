@@ -1,4 +1,4 @@
-"""Reading labelled data (JSONL and CSV, errors with file:line) and tokenizing it with one tokenizer."""
+"""Reading labelled data: JSONL and CSV, errors with file:line."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 
 from multitask.config import DEFAULT_TASKS
-from multitask.data import Example, MTLDataProcessor, read_task_file
+from multitask.data import Example, read_task_file
 from multitask.errors import DataError
 
 TOPIC, SENTIMENT = DEFAULT_TASKS
@@ -19,11 +18,6 @@ TOPIC, SENTIMENT = DEFAULT_TASKS
 def write_jsonl(path: Path, rows: list) -> Path:
     path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows))
     return path
-
-
-@pytest.fixture(scope="module")
-def processor(minilm_encoder) -> MTLDataProcessor:
-    return MTLDataProcessor(minilm_encoder.tokenizer, minilm_encoder.max_length)
 
 
 # --- reading ---------------------------------------------------------------------------------------------------
@@ -151,28 +145,3 @@ def test_dataset_fingerprint_changes_with_texts_and_labels(tmp_path):
     rows[1]["label"] = "neutral"
     relabelled = read_task_file(write_jsonl(tmp_path / "c.jsonl", rows), SENTIMENT).fingerprint()
     assert first == same != relabelled
-
-
-# --- tokenizing ------------------------------------------------------------------------------------------------
-
-
-def test_tokenize_pads_to_the_longest_text(processor):
-    tokens = processor.tokenize(["short", "a somewhat longer sentence than that"])
-    assert tokens["input_ids"].shape == tokens["attention_mask"].shape == (2, tokens["input_ids"].shape[1])
-    assert tokens["attention_mask"][0].sum() < tokens["attention_mask"][1].sum()
-
-
-def test_processor_tokenizes_exactly_like_the_encoder(processor, minilm_encoder):
-    texts = ["One tokenizer", "for every task, shared with the encoder."]
-    tokens = processor.tokenize(texts)
-    expected = minilm_encoder.tokenize(texts)
-    assert torch.equal(tokens["input_ids"], expected["input_ids"])
-    assert torch.equal(tokens["attention_mask"], expected["attention_mask"])
-
-
-def test_long_texts_are_truncated_to_the_max_length(processor, minilm_encoder):
-    input_ids = processor.tokenize(["word " * 600, "short"])["input_ids"]
-    assert input_ids.shape == (2, minilm_encoder.max_length)
-    assert input_ids[0, -1].item() == minilm_encoder.tokenizer.sep_token_id
-    small = MTLDataProcessor(minilm_encoder.tokenizer, max_length=8).tokenize(["word " * 50])
-    assert small["input_ids"].shape == (1, 8)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from multitask.checkpoint import read_manifest
+from multitask.checkpoint.manifest import read_manifest
 from multitask.cli import main
 from multitask.evaluate import evaluate_file
 

@@ -41,7 +41,7 @@ def test_the_wheel_carries_code_and_shipped_checkpoint_and_serves_from_anywhere(
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     probe = (
-        "import graph, multitask.storage as s, multitask.checkpoint_check as c;"
+        "import graph, multitask.storage as s, multitask.checkpoint.check as c;"
         "p = s.locate_checkpoint('checkpoints/default');"
         "c.check_checkpoint(p);"
         "print(graph.__file__); print(p)"

@@ -8,7 +8,8 @@ import pytest
 from ports import free_port
 from tiny_tasks import SENTIMENT_PROBES, TOPIC_PROBES, tiny_config_dict
 
-from multitask.checkpoint import ENCODER_FILE, load_model
+from multitask.checkpoint.format import ENCODER_FILE
+from multitask.checkpoint.load import load_model
 from multitask.finetune import FinetuneMode
 from multitask.training.config import TrainConfig
 

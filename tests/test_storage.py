@@ -17,7 +17,9 @@ import pytest
 from s3_server import s3_server
 from tiny_tasks import SENTIMENT_PROBES, tiny_config_dict
 
-from multitask.checkpoint import MODEL_FILE, check_checkpoint, load_model, save_checkpoint
+from multitask.checkpoint.check import check_checkpoint
+from multitask.checkpoint.format import MODEL_FILE
+from multitask.checkpoint.load import load_model, save_checkpoint
 from multitask.cli import main
 from multitask.errors import CheckpointError
 from multitask.storage import DIGEST_FILE, checkpoint_name, is_uri, locate_checkpoint, upload_checkpoint

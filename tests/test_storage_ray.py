@@ -15,7 +15,8 @@ from ports import free_port
 from s3_server import s3_server
 from tiny_tasks import TOPIC_PROBES, tiny_config_dict
 
-from multitask.checkpoint import MODEL_FILE, load_model, save_checkpoint
+from multitask.checkpoint.format import MODEL_FILE
+from multitask.checkpoint.load import load_model, save_checkpoint
 from multitask.cli import main
 from multitask.storage import locate_checkpoint, upload_checkpoint
 

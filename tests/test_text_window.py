@@ -1,5 +1,5 @@
 """Whole documents are tokenized only as far as the encoder's window reaches, with the ids and truncation flags of
-the whole text (multitask/text_window.py), on the real embedded tokenizer."""
+the whole text (multitask/runtime/text_window.py), on the real embedded tokenizer."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import copy
 
 import pytest
 
-from multitask.text_window import CHARS_PER_TOKEN, tokenize_in_window, window_prefix
+from multitask.runtime.text_window import CHARS_PER_TOKEN, tokenize_in_window, window_prefix
 
 ARTICLE = "Parliament passed the budget after a long night of debate, and markets rallied at the open. " * 1100
 TEXTS = [

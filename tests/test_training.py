@@ -6,7 +6,7 @@ import pytest
 import yaml
 from tiny_tasks import SENTIMENT_PROBES, TOPIC_PROBES, tiny_config_dict
 
-from multitask.checkpoint import load_model
+from multitask.checkpoint.load import load_model
 from multitask.cli import main
 from multitask.encoder import SentenceEncoder
 from multitask.errors import MultitaskError

@@ -11,20 +11,18 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
-from multitask.data import MTLDataProcessor, TaskDataset, length_sorted_batches
+from multitask.data import TaskDataset
 from multitask.encoder import SentenceEncoder
+from multitask.runtime.torch_runtime import TorchEncoderRuntime
 
 
 def cache_path(cache_dir: Path, encoder: SentenceEncoder, dataset: TaskDataset) -> Path:
     return cache_dir / f"{encoder.base_fingerprint}-{encoder.max_length}-{dataset.fingerprint()}.safetensors"
 
 
-@torch.no_grad()
 def cached_pooled_embeddings(
     encoder: SentenceEncoder,
-    processor: MTLDataProcessor,
     dataset: TaskDataset,
     cache_dir: Path,
     device: torch.device,
@@ -37,11 +35,8 @@ def cached_pooled_embeddings(
         return load_file(str(path))["pooled"]
     encoder.transformer.to(device).eval()
     texts = [example.text for example in dataset.examples]
-    pooled = torch.empty(len(texts), encoder.native_dim)
-    batches = length_sorted_batches(texts, batch_size)
-    for indices in tqdm(batches, desc=f"encoding {dataset.task} ({len(texts)} texts)", disable=not progress):
-        tokens = {k: v.to(device) for k, v in processor.tokenize([texts[i] for i in indices]).items()}
-        pooled[indices] = encoder.pool(**tokens).float().cpu()
+    title = f"encoding {dataset.task} ({len(texts)} texts)" if progress else None
+    pooled = torch.from_numpy(TorchEncoderRuntime(encoder).pooled(texts, max_batch=batch_size, progress=title))
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")  # unique: DDP workers may write the same entry
     save_file({"pooled": pooled.contiguous()}, str(tmp))

@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from multitask.checkpoint import CONFIG_FILE, ENCODER_FILE, read_manifest
+from multitask.checkpoint.format import CONFIG_FILE, ENCODER_FILE
+from multitask.checkpoint.manifest import read_manifest
 from multitask.errors import MultitaskError
 from multitask.training.config import TrainConfig
 from multitask.training.trainer import TrainResult, WorkerContext, train

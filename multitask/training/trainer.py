@@ -25,11 +25,14 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from multitask.checkpoint import CheckpointManifest, save_checkpoint
-from multitask.data import MTLDataProcessor, TaskDataset, length_sorted_batches, read_task_file
+from multitask.checkpoint.load import save_checkpoint
+from multitask.checkpoint.manifest import CheckpointManifest, FinetuneMode
+from multitask.data import TaskDataset, read_task_file
 from multitask.encoder import SentenceEncoder
-from multitask.finetune import FinetuneMode, add_lora
+from multitask.finetune import add_lora
 from multitask.model import MultiTaskModel
+from multitask.runtime.select import pick_device
+from multitask.runtime.torch_runtime import TorchEncoderRuntime
 from multitask.sampling import task_schedule
 from multitask.training.calibration import fit_temperature
 from multitask.training.config import ClassWeighting, TrainConfig
@@ -84,16 +87,20 @@ class TrainingModule(nn.Module):
 class TaskFeed:
     """One task's split as model inputs: tokenized on the fly, or rows of cached pooled embeddings."""
 
-    def __init__(self, dataset: TaskDataset, processor: MTLDataProcessor, pooled: torch.Tensor | None):
+    def __init__(self, dataset: TaskDataset, encoder: SentenceEncoder, pooled: torch.Tensor | None):
         self.dataset = dataset
-        self.processor = processor
+        self.encoder = encoder  # its tokenizer
         self.pooled = pooled  # (n, native_dim) in frozen mode
         self.labels = torch.tensor([e.label for e in dataset.examples])
+
+    @property
+    def texts(self) -> list[str]:
+        return [example.text for example in self.dataset.examples]
 
     def inputs(self, indices: list[int], device: torch.device) -> dict[str, torch.Tensor]:
         if self.pooled is not None:
             return {"pooled": self.pooled[indices].to(device)}
-        tokens = self.processor.tokenize([self.dataset.examples[i].text for i in indices])
+        tokens = self.encoder.tokenize([self.dataset.examples[i].text for i in indices])
         return {k: v.to(device) for k, v in tokens.items()}
 
     def batches(self, batch_size: int, seed: int, rank: int, world_size: int) -> Iterator[list[int]]:
@@ -104,16 +111,6 @@ class TaskFeed:
             rng.shuffle(shard)
             for start in range(0, len(shard) - batch_size + 1 if len(shard) >= batch_size else 1, batch_size):
                 yield shard[start : start + batch_size]
-
-    def eval_batches(self, batch_size: int) -> list[list[int]]:
-        """Every example once, in batches of similar length (less padding); callers restore the order."""
-        return length_sorted_batches([example.text for example in self.dataset.examples], batch_size)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:
@@ -148,14 +145,14 @@ def load_splits(config: TrainConfig) -> dict[str, dict[str, TaskDataset]]:
 
 @torch.no_grad()
 def predict_logits(module: TrainingModule, feed: TaskFeed, batch_size: int, device: torch.device) -> torch.Tensor:
-    """(n, num_labels) logits for every example of a feed, in the feed's order."""
+    """(n, num_labels) logits for every example of a feed, in the feed's order: the cached pooled outputs (frozen),
+    or the texts through the inference core's batched forward (`TorchEncoderRuntime.pooled`)."""
     module.eval()
-    task = feed.dataset.task
-    logits = torch.empty(len(feed.dataset), len(module.heads[task].task.labels))
-    for indices in feed.eval_batches(batch_size):
-        with _autocast(device):
-            logits[indices] = module(task, **feed.inputs(indices, device)).float().cpu()
-    return logits
+    with _autocast(device):
+        pooled = feed.pooled
+        if pooled is None:
+            pooled = torch.from_numpy(TorchEncoderRuntime(module.encoder).pooled(feed.texts, max_batch=batch_size))
+        return module(feed.dataset.task, pooled=pooled.to(device)).float().cpu()
 
 
 def train(config: TrainConfig, context: WorkerContext | None = None, progress: bool = True) -> TrainResult:
@@ -165,7 +162,7 @@ def train(config: TrainConfig, context: WorkerContext | None = None, progress: b
     seed_everything(settings.seed)
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
-    device = context.device or resolve_device(settings.device)
+    device = context.device or torch.device(pick_device(settings.device))
     show = progress and context.is_main
 
     splits = load_splits(config)
@@ -187,8 +184,7 @@ def _build_model(config: TrainConfig, splits, device, show) -> tuple[MultiTaskMo
     settings = config.training
     encoder = SentenceEncoder.load(config.model)
     model = MultiTaskModel(encoder)
-    processor = MTLDataProcessor(encoder.tokenizer, encoder.max_length)
-    feeds = _make_feeds(config, splits, encoder, processor, device, show)
+    feeds = _make_feeds(config, splits, encoder, device, show)
     if settings.mode is FinetuneMode.frozen:
         encoder.transformer.requires_grad_(False)
         encoder.transformer.cpu()  # never runs again: the cache holds its outputs (and TrainingModule leaves it out)
@@ -366,7 +362,7 @@ def portable_training_record(config: TrainConfig) -> dict:
     return record
 
 
-def _make_feeds(config, splits, encoder, processor, device, show) -> dict[str, dict[str, TaskFeed]]:
+def _make_feeds(config, splits, encoder, device, show) -> dict[str, dict[str, TaskFeed]]:
     frozen = config.training.mode is FinetuneMode.frozen
     feeds: dict[str, dict[str, TaskFeed]] = {}
     for task, parts in splits.items():
@@ -376,14 +372,13 @@ def _make_feeds(config, splits, encoder, processor, device, show) -> dict[str, d
             if frozen:
                 pooled = cached_pooled_embeddings(
                     encoder,
-                    processor,
                     dataset,
                     config.training.frozen_cache_dir,
                     device,
                     config.training.eval_batch_size,
                     show,
                 )
-            feeds[task][split] = TaskFeed(dataset, processor, pooled)
+            feeds[task][split] = TaskFeed(dataset, encoder, pooled)
     return feeds
 
 

@@ -10,8 +10,9 @@ import pytest
 from ray import serve
 
 from deployments.encoder import Encoder
-from multitask.onnx_export import INT8_MIN_COSINE
-from multitask.onnx_runtime import INT8_FILE, INT8_ONNX_FILE, ONNX_FILE, OnnxEncoderRuntime, ensure_export
+from multitask.runtime.onnx_cache import INT8_FILE, INT8_ONNX_FILE, ONNX_FILE, ensure_export
+from multitask.runtime.onnx_export import INT8_MIN_COSINE
+from multitask.runtime.onnx_runtime import OnnxEncoderRuntime
 
 from .helpers import sample_texts
 
@@ -38,13 +39,13 @@ def runtimes(service) -> tuple[OnnxEncoderRuntime, OnnxEncoderRuntime]:
 
 def test_int8_embeddings_stay_within_the_exports_cosine_bound(runtimes):
     float32, int8 = runtimes
-    want, want_truncated, want_tokens = float32.forward_with_token_counts(TEXTS)
-    got, truncated, tokens = int8.forward_with_token_counts(TEXTS, max_batch=4, max_tokens=256)
-    assert got.dtype == np.float32 and got.shape == want.shape
-    assert cosines(got, want).min() >= INT8_MIN_COSINE
-    assert not np.allclose(got, want, atol=1e-4)  # really the quantized file, not the float32 one
-    assert truncated == want_truncated and truncated[:3] == [True, False, False]
-    assert tokens == want_tokens
+    want = float32.encode(TEXTS)
+    got = int8.encode(TEXTS, max_batch=4, max_tokens=256)
+    assert got.embeddings.dtype == np.float32 and got.embeddings.shape == want.embeddings.shape
+    assert cosines(got.embeddings, want.embeddings).min() >= INT8_MIN_COSINE
+    assert not np.allclose(got.embeddings, want.embeddings, atol=1e-4)  # really the quantized file
+    assert got.truncated == want.truncated and got.truncated[:3] == [True, False, False]
+    assert got.token_counts == want.token_counts and max(got.pass_sizes) <= 4
     assert int8.describe()["dtype"] == "int8" and int8.fingerprint == float32.fingerprint
 
 

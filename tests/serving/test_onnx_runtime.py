@@ -9,9 +9,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from safetensors.numpy import load_file, save_file
 
+from multitask.checkpoint.digest import encoder_digest
 from multitask.errors import EncoderMismatchError
-from multitask.onnx_runtime import ONNX_FILE, OnnxEncoderRuntime, checkpoint_digest, ensure_export
+from multitask.runtime.onnx_cache import ONNX_FILE, ensure_export
+from multitask.runtime.onnx_runtime import OnnxEncoderRuntime
 
 TEXTS = [
     "Markets rallied after the vote. " * 40,  # over the 128-token window: truncated
@@ -59,7 +62,7 @@ def test_onnx_passes_keep_input_order_and_thread_changes_apply(onnx_runtime):
     assert empty.shape == (0, 1024) and flags == []
 
 
-def test_exports_are_cached_per_checkpoint_files(checkpoint_dir, onnx_cache, onnx_runtime, tmp_path):
+def test_exports_are_cached_per_encoder(checkpoint_dir, onnx_cache, onnx_runtime, tmp_path):
     exported = ensure_export(checkpoint_dir, onnx_cache)
     assert exported == onnx_runtime.directory
     before = (exported / ONNX_FILE).stat().st_mtime_ns
@@ -67,10 +70,16 @@ def test_exports_are_cached_per_checkpoint_files(checkpoint_dir, onnx_cache, onn
     assert (exported / ONNX_FILE).stat().st_mtime_ns == before
     copy = tmp_path / "ckpt"
     shutil.copytree(checkpoint_dir, copy)
+    weights = load_file(copy / "model.safetensors")
+    weights["heads.topic.net.0.weight"] += 1.0  # retrained heads
+    save_file(weights, copy / "model.safetensors")
     config = json.loads((copy / "config.json").read_text())
-    config["metrics"] = {"retrained": True}  # any change to the checkpoint's files: another export
+    config["metrics"] = {"retrained": True}
     (copy / "config.json").write_text(json.dumps(config))
-    assert checkpoint_digest(copy) != checkpoint_digest(checkpoint_dir)
+    assert ensure_export(copy, onnx_cache) == exported  # other heads and metrics: the same export, not redone
+    config["model"]["max_length"] = 64  # anything the encoder is made of: another export
+    (copy / "config.json").write_text(json.dumps(config))
+    assert encoder_digest(copy) != encoder_digest(checkpoint_dir)
 
 
 def test_an_export_refused_by_the_checkpoint_raises_the_checkpoints_error(checkpoint_dir, tmp_path):

@@ -1,14 +1,9 @@
-"""Checkpoints: a directory with `config.json`, `model.safetensors` and, when the encoder was fine-tuned,
-`encoder.safetensors`. No pickle anywhere.
+"""Writing and loading checkpoints with torch: the model's projection and heads, the fine-tuned encoder weights, the
+manifest. Heads refuse to load against an encoder whose fingerprint differs from the one they were trained with.
 
-    config.json          CheckpointManifest: model config, encoder identity, training config, metrics, calibration
-    model.safetensors    projection.* and heads.<task>.* (each head loadable on its own)
-    encoder.safetensors  LoRA adapters or full encoder weights (only when fine-tuned)
-    base_encoder/        the base encoder's weights and tokenizer (only in a bundle: `multitask bundle`)
-    report/              evaluation report written by training (metrics, plots)
-    digest.json          every file's size and SHA-256 (written by uploads to storage URIs: multitask/storage.py)
-
-Heads refuse to load against an encoder whose fingerprint differs from the one they were trained with.
+    save_checkpoint(model, "checkpoints/mine", finetune="lora", metrics=...)
+    model = load_model("checkpoints/mine")                       # encoder + every head
+    head = load_head("checkpoints/mine", "topic", encoder.fingerprint)
 """
 
 from __future__ import annotations
@@ -17,29 +12,30 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from multitask.checkpoint_check import check_checkpoint  # noqa: F401 - re-exported: torch-free, for the serving side
-from multitask.encoder import SentenceEncoder, load_transformer, tensors_digest
-from multitask.errors import CheckpointError
-from multitask.finetune import apply_encoder_state, encoder_state, lora_spec_of
-from multitask.heads import TaskHead
-from multitask.manifest import (  # noqa: F401 - re-exported: the manifest lives in a torch-free module
+from multitask.checkpoint.files import read_tensors
+from multitask.checkpoint.format import (
     BUNDLE_DIR,
     CONFIG_FILE,
     ENCODER_FILE,
-    FORMAT_VERSION,
     MODEL_FILE,
+    PROJECTION_PREFIX,
+    head_prefix,
+)
+from multitask.checkpoint.manifest import (
     CheckpointManifest,
     EncoderRecord,
     FinetuneMode,
     LoraSpec,
     check_fingerprint,
     head_spec,
-    manifest_summary,
     read_manifest,
 )
+from multitask.encoder import SentenceEncoder, load_transformer, tensors_digest
+from multitask.errors import CheckpointError
+from multitask.finetune import apply_encoder_state, encoder_state, lora_spec_of
+from multitask.heads import TaskHead
 from multitask.model import MultiTaskModel
 
 
@@ -68,9 +64,9 @@ def save_checkpoint(
     if finetune is FinetuneMode.lora and lora is None:
         lora = lora_spec_of(encoder.transformer)  # the rank and alpha loading needs, from the adapters themselves
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = {f"projection.{k}": v for k, v in encoder.projection.state_dict().items()}
+    tensors = {f"{PROJECTION_PREFIX}{k}": v for k, v in encoder.projection.state_dict().items()}
     for task, head in model.heads.items():
-        tensors.update({f"heads.{task}.{k}": v for k, v in head.state_dict().items()})
+        tensors.update({f"{head_prefix(task)}{k}": v for k, v in head.state_dict().items()})
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(directory / MODEL_FILE))
     encoder_tensors = encoder_state(encoder.transformer, finetune)
     if encoder_tensors:
@@ -95,18 +91,6 @@ def save_checkpoint(
     return manifest
 
 
-def read_tensors(path: Path, prefix: str = "") -> dict[str, torch.Tensor]:
-    """Read the tensors under `prefix` (prefix stripped) from a safetensors file, with clear errors."""
-    if not path.is_file():
-        raise CheckpointError(f"{path} is missing; the checkpoint is incomplete, re-save or re-train it.")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            names = [key for key in handle.keys() if key.startswith(prefix)]  # noqa: SIM118 - a handle is not iterable
-            return {key[len(prefix) :]: handle.get_tensor(key) for key in names}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} is corrupt or not a safetensors file ({exc}); re-save or re-train it.") from exc
-
-
 def load_encoder(directory: str | Path, device: str | torch.device = "cpu") -> SentenceEncoder:
     """Load the checkpoint's encoder: base transformer (from the checkpoint's own copy in a bundle, else from what
     the config names), fine-tuned weights merged in, and the projection."""
@@ -120,7 +104,7 @@ def load_encoder(directory: str | Path, device: str | torch.device = "cpu") -> S
     )
     encoder_tensors = {}
     if manifest.encoder.finetune is not FinetuneMode.frozen:
-        encoder_tensors = read_tensors(directory / ENCODER_FILE)
+        encoder_tensors = read_tensors(directory / ENCODER_FILE, framework="pt")
         try:
             encoder.transformer = apply_encoder_state(
                 transformer, manifest.encoder.finetune, manifest.encoder.lora, encoder_tensors
@@ -131,7 +115,7 @@ def load_encoder(directory: str | Path, device: str | torch.device = "cpu") -> S
     check_fingerprint(
         "fine-tuned encoder", manifest.encoder.fingerprint, encoder.fingerprint, manifest.model.encoder, directory
     )
-    _load_state(encoder.projection, read_tensors(directory / MODEL_FILE, "projection."), directory / MODEL_FILE)
+    _load_state(encoder.projection, directory / MODEL_FILE, PROJECTION_PREFIX)
     return encoder.to(device).eval()
 
 
@@ -142,7 +126,7 @@ def load_head(
     directory = Path(directory)
     manifest, spec = head_spec(directory, task, encoder_fingerprint)
     head = TaskHead(spec, manifest.model.embedding_dim, manifest.model.dropout)
-    _load_state(head, read_tensors(directory / MODEL_FILE, f"heads.{task}."), directory / MODEL_FILE)
+    _load_state(head, directory / MODEL_FILE, head_prefix(task))
     return head.to(device).eval()
 
 
@@ -155,8 +139,9 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Mul
     return model.to(device).eval()
 
 
-def _load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+def _load_state(module: torch.nn.Module, path: Path, prefix: str) -> None:
+    """The tensors under `prefix` in `path`, loaded strictly into `module`."""
     try:
-        module.load_state_dict(state, strict=True)
+        module.load_state_dict(read_tensors(path, prefix, framework="pt"), strict=True)
     except RuntimeError as exc:
         raise CheckpointError(f"{path} does not match the model config: {exc}") from exc

@@ -39,6 +39,8 @@ def tokenize_in_window(
 ) -> list[Tokenized]:
     """`tokenize(texts)`, with each long text replaced by its `window_prefix`: the same ids and flags, for a cost
     bounded by the window. `tokenize` truncates to `max_tokens` and flags the texts it cut."""
+    if not texts:
+        return []
     prefixes = [window_prefix(text, max_tokens) for text in texts]
     out = tokenize(prefixes)
     unfilled = [i for i, (prefix, text) in enumerate(zip(prefixes, texts)) if len(prefix) < len(text) and not out[i][1]]

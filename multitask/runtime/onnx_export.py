@@ -1,21 +1,21 @@
 """Export a checkpoint's encoder (transformer + mean pooling + projection) to ONNX, for CPU serving without torch.
 
-    python -m multitask.onnx_export checkpoints/default /tmp/encoder-onnx
+    python -m multitask.runtime.onnx_export checkpoints/default /tmp/encoder-onnx
 
 writes into the output directory:
 - `encoder.onnx`: (batch, seq) int64 `input_ids` and `attention_mask` -> (batch, embedding_dim) float32
   `embeddings`, the same function as `SentenceEncoder.forward` (fine-tuned weights merged, fp32);
 - `tokenizer.json`: the checkpoint encoder's fast tokenizer (truncation and padding left to the caller);
-- `export.json`: `checkpoint_digest` (which checkpoint files it came from), the encoder fingerprint, max length,
+- `export.json`: `encoder_digest` (which checkpoint encoder it came from), the encoder fingerprint, max length,
   embedding dimension, pad token id.
 
 The export is checked before it is kept: onnxruntime's embeddings of probe texts (short, long, truncated,
 padded together) must match torch's within `ATOL`. The directory appears whole (written aside, then renamed),
 so concurrent exports of the same checkpoint (two replicas starting) never see half a directory.
-The Encoder deployment runs this in a subprocess on first start (`multitask/onnx_runtime.py`), so that the
-serving process never imports torch.
+The Encoder deployment runs this in a subprocess on first start (`onnx_cache.ensure_export`), so that the serving
+process never imports torch.
 
-    python -m multitask.onnx_export checkpoints/default /tmp/encoder-onnx --precision int8
+    python -m multitask.runtime.onnx_export checkpoints/default /tmp/encoder-onnx --precision int8
 
 also writes `encoder.int8.onnx` (and `int8.json`, its recipe and parity figures) beside the float32 file, exporting
 that first if needed: onnxruntime's dynamic quantization (`quantize_dynamic`, library tooling), `quantize_export`
@@ -36,9 +36,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from multitask.checkpoint import load_encoder
+from multitask.checkpoint.digest import encoder_digest
+from multitask.checkpoint.load import load_encoder
 from multitask.errors import CheckpointError, MultitaskError
-from multitask.onnx_runtime import (
+from multitask.runtime.onnx_cache import (
     ERROR_PREFIX,
     EXPORT_FILE,
     EXPORT_FORMAT,
@@ -48,10 +49,9 @@ from multitask.onnx_runtime import (
     ONNX_FILE,
     PRECISIONS,
     TOKENIZER_FILE,
-    OnnxEncoderRuntime,
-    checkpoint_digest,
     export_digest,
 )
+from multitask.runtime.onnx_runtime import OnnxEncoderRuntime
 
 OPSET = 17
 ATOL = 1e-4
@@ -107,7 +107,7 @@ def export_encoder(checkpoint: str | Path, out_dir: str | Path) -> dict:
         tokenizer.save(str(staging / TOKENIZER_FILE))
         info = {
             "format": EXPORT_FORMAT,
-            "checkpoint_digest": checkpoint_digest(checkpoint),
+            "encoder_digest": encoder_digest(checkpoint),
             "encoder": encoder.config.encoder,
             "fingerprint": encoder.fingerprint,
             "max_length": int(encoder.max_length),
@@ -118,14 +118,14 @@ def export_encoder(checkpoint: str | Path, out_dir: str | Path) -> dict:
         }
         (staging / EXPORT_FILE).write_text(json.dumps(info, indent=2) + "\n")
         _check_parity(staging, _PROBE_TEXTS[::-1], expected)
-        if export_digest(out_dir) == info["checkpoint_digest"]:
+        if export_digest(out_dir) == info["encoder_digest"]:
             return info  # another process (a second replica starting) finished the same export first: keep it
         if out_dir.exists():
             shutil.rmtree(out_dir)  # an incomplete or older-format export
         try:
             staging.rename(out_dir)
         except OSError:  # another process renamed its export there in the meantime
-            if export_digest(out_dir) != info["checkpoint_digest"]:
+            if export_digest(out_dir) != info["encoder_digest"]:
                 raise
         return info
     finally:
@@ -218,7 +218,7 @@ def main() -> None:
     args = parser.parse_args()
     try:
         out_dir = Path(args.out_dir)
-        if export_digest(out_dir) == checkpoint_digest(args.checkpoint):  # current: only the int8 file is missing
+        if export_digest(out_dir) == encoder_digest(args.checkpoint):  # current: only the int8 file is missing
             info = json.loads((out_dir / EXPORT_FILE).read_text())
         else:
             info = export_encoder(args.checkpoint, out_dir)

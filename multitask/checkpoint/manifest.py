@@ -1,25 +1,18 @@
-"""A checkpoint's `config.json` (the manifest) and the result shape, without torch: the serving processes that only
-need them (ingress, heads) stay light. `multitask.checkpoint` re-exports everything here.
+"""A checkpoint's `config.json` (the manifest): how to rebuild the model, which encoder its heads were trained with,
+and the record of its training. Torch-free: the ingress and head replicas read it too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from multitask.checkpoint.format import BUNDLE_DIR, CONFIG_FILE, FORMAT_VERSION
 from multitask.config import ModelConfig, TaskSpec
 from multitask.errors import CheckpointError, EncoderMismatchError
-
-FORMAT_VERSION = 1
-CONFIG_FILE = "config.json"
-MODEL_FILE = "model.safetensors"
-ENCODER_FILE = "encoder.safetensors"
-BUNDLE_DIR = "base_encoder"
-"""A bundled checkpoint's copy of the base encoder (weights and tokenizer, as `save_pretrained` writes them)."""
 
 
 class FinetuneMode(str, Enum):
@@ -125,14 +118,4 @@ def manifest_summary(manifest: CheckpointManifest) -> dict[str, Any]:
         "fingerprint": manifest.encoder.fingerprint,
         "finetune": manifest.encoder.finetune.value,
         "embedding_dim": manifest.model.embedding_dim,
-    }
-
-
-def label_scores(labels: Sequence[str], probabilities: Sequence[float]) -> dict:
-    """One task's result: the top label, its probability, and every label's probability."""
-    best = max(range(len(labels)), key=lambda i: probabilities[i])
-    return {
-        "label": labels[best],
-        "confidence": float(probabilities[best]),
-        "scores": {label: float(p) for label, p in zip(labels, probabilities)},
     }
