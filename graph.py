@@ -2,7 +2,7 @@
 
     serve run serve_config.local.yaml                  # CPU laptop: embedded encoder, checkpoints/default
     serve run serve_config.yaml                        # cluster: the Encoder on a GPU node (README, Run on a cluster)
-    serve run graph:build_app checkpoint=/path/to/ckpt # ad hoc, code defaults for every deployment
+    serve run graph:build_app checkpoint=/path/to/ckpt # ad hoc: the code's options (deployments/options.py)
     serve run graph:build_app checkpoint=s3://bucket/ckpt  # from storage (multitask/storage.py)
 
 A checkpoint with a third task gets a third head deployment (named e.g. `NewsRegionHead`) without code changes;
@@ -22,7 +22,7 @@ from ray.serve.schema import ServeDeploySchema
 from deployments.encoder import Encoder
 from deployments.head import TaskHeadDeployment, head_deployment_name
 from deployments.ingress import Ingress
-from multitask.checkpoint_check import check_checkpoint
+from multitask.checkpoint.check import check_checkpoint
 from multitask.storage import locate_checkpoint
 
 APP_NAME = "multitask"
@@ -55,13 +55,14 @@ class GraphArgs(BaseModel):
     )
     onnx_cache_dir: str | None = Field(
         default=None,
-        description="Where the Encoder keeps ONNX exports, one per checkpoint; default ~/.cache/multitask/onnx of "
+        description="Where the Encoder keeps ONNX exports, one per checkpoint encoder; default ~/.cache/multitask/onnx of "
         "the replica's node.",
     )
 
 
 def build_app(args: GraphArgs) -> Application:
-    """Bind Encoder, one TaskHead per checkpoint task, and the Ingress that calls them (the code's options)."""
+    """Bind Encoder, one TaskHead per checkpoint task, and the Ingress that calls them, with the code's options
+    (`deployments/options.py`); a config file deployed with Serve overrides them per deployment."""
     return bind_graph(args)
 
 
@@ -105,7 +106,7 @@ def deployment_names(task_names: list[str]) -> list[str]:
 
 
 def __getattr__(name: str) -> Application:
-    """`graph:app` (e.g. `serve run graph:app`): the default checkpoint with code defaults, built on first access
+    """`graph:app` (e.g. `serve run graph:app`): the default checkpoint with the code's options, built on first access
     so that importing this module never needs a checkpoint."""
     if name == "app":
         return build_app(GraphArgs())

@@ -18,6 +18,7 @@ from enum import Enum
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from multitask.errors import EncoderMismatchError
@@ -133,10 +134,23 @@ def replica_died(exc: BaseException) -> bool:
     return isinstance(exc, (RayActorError, ActorDiedError, ActorUnavailableError))
 
 
+REQUEST_CHECK = "request_check"
+"""Pydantic error type of the request models' own checks (`schemas.py`), which carry a kind of this vocabulary."""
+
+
+def request_check_error(kind: ErrorKind, message: str) -> PydanticCustomError:
+    """A request model's check that failed, as pydantic wants it raised; `describe_errors` gives back its kind and
+    message unchanged."""
+    return PydanticCustomError(REQUEST_CHECK, "{message}", {"kind": kind.value, "message": message})
+
+
 def describe_errors(errors: list[dict]) -> tuple[ErrorKind, str]:
     """Pydantic's (or FastAPI's) list of validation errors -> one kind and one readable message."""
     if any(error.get("type") == "json_invalid" for error in errors):
         return ErrorKind.malformed_json, "Request body is not valid JSON."
+    for error in errors:
+        if error.get("type") == REQUEST_CHECK:
+            return ErrorKind(error["ctx"]["kind"]), error["msg"]
     parts = []
     for error in errors[:5]:
         location = ".".join(str(part) for part in error.get("loc", ()) if part != "body") or "body"

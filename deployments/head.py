@@ -17,11 +17,14 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from threadpoolctl import threadpool_limits
 
+from deployments.encoded_texts import EncodedTexts
 from deployments.metrics import HeadMetrics
-from deployments.schemas import EncodedTexts, HeadSettings
+from deployments.options import DEFAULT_OPTIONS
+from deployments.settings import HeadSettings
+from multitask.checkpoint.manifest import read_manifest
 from multitask.errors import EncoderMismatchError
-from multitask.manifest import label_scores, read_manifest
 from multitask.numpy_head import NumpyHead
+from multitask.results import label_scores
 from multitask.storage import locate_checkpoint
 
 logger = logging.getLogger("ray.serve")
@@ -36,14 +39,7 @@ def head_deployment_name(task: str) -> str:
     return "".join(part.capitalize() for part in task.split("_")) + "Head"
 
 
-@serve.deployment(
-    name="TaskHead",
-    ray_actor_options={"num_cpus": 0.1},
-    max_ongoing_requests=64,
-    max_queued_requests=256,
-    autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 16},
-    user_config=HeadSettings().model_dump(),
-)
+@serve.deployment(name="TaskHead", **DEFAULT_OPTIONS["TaskHead"])
 class TaskHeadDeployment:
     async def __init__(
         self,

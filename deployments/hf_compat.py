@@ -12,9 +12,11 @@ for a single input). Scores are the head's calibrated probabilities; errors keep
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
+
+from deployments.schemas import TextsRequest
 
 _TEXTS = Annotated[list[str], Field(min_length=1)]
 
@@ -28,16 +30,19 @@ class ClassifyParameters(BaseModel):
     )
 
 
-class ClassifyRequest(BaseModel):
+class ClassifyRequest(TextsRequest):
     """Body of `POST /v1/classify/{task}` (Hugging Face text-classification)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    TEXTS_FIELD: ClassVar[str] = "inputs"
 
     inputs: str | _TEXTS = Field(
         description="A text or a list of texts (at most `max_texts_per_request`), truncated like every text.",
         examples=["The striker scored twice in the final."],
     )
     parameters: ClassifyParameters = Field(default_factory=ClassifyParameters)
+
+    def request_texts(self) -> list[str]:
+        return [self.inputs] if isinstance(self.inputs, str) else self.inputs
 
 
 class LabelScore(BaseModel):

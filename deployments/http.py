@@ -1,19 +1,24 @@
 """The HTTP face of the ingress: routes of the v1 contract and the client-compatible ones (OpenAI embeddings,
 Hugging Face text-classification), the page at `/`, the body-size limit, bearer-token auth, the error shapes.
 
-`create_app(service)` builds the FastAPI (Starlette) app around an `Ingress` instance; each route validates the
-body with pydantic models (`schemas.py`, `openai_compat.py`, `hf_compat.py`, which also generate /openapi.json) and
-calls the same method that Python handle callers use, so HTTP and handles return the same shapes.
+`create_app(service)` builds the FastAPI (Starlette) app around anything that implements `IngressApi` (the `Ingress`
+deployment; tests use a small fake). Each route validates the body's shape with pydantic models (`schemas.py`,
+`openai_compat.py`, `hf_compat.py`, which also generate /openapi.json) and calls the same method that Python handle
+callers use, which checks the texts, so HTTP and handles return the same shapes and errors.
 """
 
 from __future__ import annotations
 
 import hmac
+import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -32,8 +37,86 @@ from deployments.schemas import (
     TasksResponse,
 )
 
-if TYPE_CHECKING:
-    from deployments.ingress import Ingress
+
+class HttpSettings(BaseModel):
+    """The HTTP layer's part of the Ingress's `user_config`: the body limit and where the bearer token comes from.
+    With neither `auth_token_env` nor `auth_token_file`, auth is off."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_body_bytes: int = Field(default=1_048_576, gt=0, description="Larger body -> 413 body_too_large.")
+    auth_token_env: str | None = Field(
+        default=None, description="Bearer-token auth: the environment variable (of the ingress replica) holding it."
+    )
+    auth_token_file: str | None = Field(
+        default=None, description="Bearer-token auth: a file holding it (read at deploy time; whitespace stripped)."
+    )
+
+    def http_policy(self) -> HttpPolicy:
+        """The settings with the token read (raises ValueError if it is named but not there: the deploy fails)."""
+        return HttpPolicy(max_body_bytes=self.max_body_bytes, bearer_token=self.read_token())
+
+    def read_token(self) -> bytes | None:
+        """The bearer token the config names (environment variable or file), or None when auth is off. A token that is
+        named but missing or empty is an error: failing the deploy beats serving without the auth that was asked for."""
+        if self.auth_token_env and self.auth_token_file:
+            raise ValueError("Ingress user_config: set auth_token_env or auth_token_file, not both.")
+        if self.auth_token_env:
+            token = os.environ.get(self.auth_token_env, "").strip()
+            where = f"environment variable {self.auth_token_env} (set it in the application's runtime_env.env_vars)"
+        elif self.auth_token_file:
+            path = Path(self.auth_token_file).expanduser()
+            try:
+                token = path.read_text().strip()
+            except OSError as exc:
+                raise ValueError(
+                    f"Ingress auth_token_file {path} cannot be read ({exc}); create it on every node."
+                ) from exc
+            where = f"file {path}"
+        else:
+            return None
+        if not token:
+            raise ValueError(f"Ingress bearer-token auth is on but the {where} is empty or unset; put the token there.")
+        return token.encode()
+
+
+@dataclass(frozen=True)
+class HttpPolicy:
+    """What the HTTP layer enforces before a route runs, as of the last reconfigure."""
+
+    max_body_bytes: int
+    bearer_token: bytes | None  # None = auth off
+
+
+class IngressApi(Protocol):
+    """What the HTTP app needs of the ingress: its current policy, a counter for the errors the HTTP layer answers
+    itself, and the methods the routes call (the same ones handle callers call)."""
+
+    http_policy: HttpPolicy
+
+    def count_http_error(self, kind: ErrorKind) -> None: ...
+
+    async def predict(
+        self, texts: list[str], tasks: list[str] | None = None, return_embeddings: bool = False
+    ) -> dict: ...
+
+    async def embed(self, texts: list[str], normalize: bool = True) -> dict: ...
+
+    async def openai_embeddings(
+        self,
+        input: str | list[str],
+        model: str | None = None,
+        encoding_format: str = "float",
+        dimensions: int | None = None,
+        user: str | None = None,
+    ) -> dict: ...
+
+    async def classify(self, task: str, inputs: str | list[str], top_k: int | None = None) -> list[list[dict]]: ...
+
+    def tasks(self) -> dict: ...
+
+    async def health(self) -> dict: ...
+
 
 API_TITLE = "multitask: topic and sentiment classification"
 API_VERSION = "1.0.0"
@@ -62,17 +145,17 @@ _BODY_ERRORS = (
 
 class JsonBodyGuard:
     """Every body is JSON, whatever its Content-Type says (`curl -d` sends form-urlencoded), and bodies over
-    `max_bytes()` are refused with 413: by Content-Length up front, else while the body streams in."""
+    `max_body_bytes` are refused with 413: by Content-Length up front, else while the body streams in."""
 
-    def __init__(self, app: ASGIApp, max_bytes: Callable[[], int], on_reject: Callable[[ErrorKind], None]):
+    def __init__(self, app: ASGIApp, policy: Callable[[], HttpPolicy], on_reject: Callable[[ErrorKind], None]):
         self.app = app
-        self.max_bytes = max_bytes
+        self.policy = policy
         self.on_reject = on_reject
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        limit = self.max_bytes()
+        limit = self.policy().max_body_bytes
         message = f"Request body is larger than the limit of {limit} bytes."
         headers = [(k, v) for k, v in scope.get("headers") or [] if k != b"content-type"]
         length = dict(headers).get(b"content-length")
@@ -95,19 +178,19 @@ class JsonBodyGuard:
 
 
 class BearerAuth:
-    """Optional bearer-token auth: when `token()` is not None, every route but the open ones (`/healthz`, for load
+    """Optional bearer-token auth: when the policy has a token, every route but the open ones (`/healthz`, for load
     balancers and Serve; `/`, the page, which holds no data and asks for the token to call the API) needs
     `Authorization: Bearer <token>`, compared in constant time; else 401."""
 
     OPEN_PATHS = frozenset({"/healthz", "/"})
 
-    def __init__(self, app: ASGIApp, token: Callable[[], bytes | None], on_reject: Callable[[ErrorKind], None]):
+    def __init__(self, app: ASGIApp, policy: Callable[[], HttpPolicy], on_reject: Callable[[ErrorKind], None]):
         self.app = app
-        self.token = token
+        self.policy = policy
         self.on_reject = on_reject
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        token = self.token()
+        token = self.policy().bearer_token
         if scope["type"] != "http" or token is None or scope.get("path") in self.OPEN_PATHS:
             return await self.app(scope, receive, send)
         header = dict(scope.get("headers") or []).get(b"authorization", b"")
@@ -119,7 +202,7 @@ class BearerAuth:
         return await error_response(ErrorKind.unauthorized, message, scope["path"])(scope, receive, send)
 
 
-def create_app(service: Ingress) -> FastAPI:
+def create_app(service: IngressApi) -> FastAPI:
     app = FastAPI(
         title=API_TITLE,
         version=API_VERSION,
@@ -129,11 +212,9 @@ def create_app(service: Ingress) -> FastAPI:
         redoc_url=None,
     )
     install_error_handlers(app, record=service.count_http_error)
-    app.add_middleware(
-        JsonBodyGuard, max_bytes=lambda: service.limits.max_body_bytes, on_reject=service.count_http_error
-    )
+    app.add_middleware(JsonBodyGuard, policy=lambda: service.http_policy, on_reject=service.count_http_error)
     # added last = runs first: an unauthenticated request is refused before its body is read
-    app.add_middleware(BearerAuth, token=lambda: service.auth_token, on_reject=service.count_http_error)
+    app.add_middleware(BearerAuth, policy=lambda: service.http_policy, on_reject=service.count_http_error)
 
     @app.post(
         "/v1/predict",
@@ -205,4 +286,4 @@ def create_app(service: Ingress) -> FastAPI:
     return app
 
 
-__all__ = ["BearerAuth", "JsonBodyGuard", "create_app"]
+__all__ = ["BearerAuth", "HttpPolicy", "HttpSettings", "IngressApi", "JsonBodyGuard", "create_app"]

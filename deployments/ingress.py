@@ -14,27 +14,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
-import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 from fastapi import FastAPI
-from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.batcher import ContinuousBatcher
-from deployments.errors import ErrorKind, ServiceError, describe_errors, replica_died, to_service_error
+from deployments.encoded_texts import EncodedTexts
+from deployments.errors import ErrorKind, ServiceError, replica_died, to_service_error
 from deployments.hf_compat import ClassifyRequest, ranked
-from deployments.http import create_app
+from deployments.http import HttpPolicy, create_app
 from deployments.metrics import IngressMetrics
-from deployments.openai_compat import OpenAIEmbeddingsRequest, embeddings_response, request_texts
-from deployments.schemas import EmbedRequest, EncodedTexts, Limits, PredictRequest
-from multitask.manifest import manifest_summary, read_manifest
+from deployments.openai_compat import OpenAIEmbeddingsRequest, check_dimensions, embeddings_response
+from deployments.options import DEFAULT_OPTIONS
+from deployments.schemas import EmbedRequest, PredictRequest, parse_request
+from deployments.settings import IngressSettings
+from multitask.checkpoint.manifest import manifest_summary, read_manifest
+from multitask.config import unknown_task_message
 from multitask.storage import checkpoint_name, locate_checkpoint
 
 logger = logging.getLogger("ray.serve")
@@ -44,16 +44,11 @@ BATCH_MAX_TEXTS = 64
 BATCHES_IN_FLIGHT = 2
 
 
-@serve.deployment(
-    name="Ingress",
-    ray_actor_options={"num_cpus": 0.2},
-    max_ongoing_requests=128,
-    max_queued_requests=512,
-    autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 32},
-    user_config=Limits().model_dump(),
-)
+@serve.deployment(name="Ingress", **DEFAULT_OPTIONS["Ingress"])
 @serve.ingress()
 class Ingress:
+    http_policy: HttpPolicy  # what the HTTP layer enforces (deployments/http.py's IngressApi)
+
     def __init__(
         self,
         checkpoint: str,
@@ -68,9 +63,9 @@ class Ingress:
         self.encoder = encoder
         self.heads = {task: heads[task] for task in task_names}  # checkpoint order = default result order
         self.model_info = {**manifest_summary(self.manifest), "checkpoint": checkpoint_name(checkpoint)}
-        self.limits = Limits()
-        self.auth_token: bytes | None = None  # bearer-token auth of the HTTP routes (not /healthz); None = off
-        self.inflight = 0  # predict/embed calls this replica works on now (shed past limits.max_inflight_requests)
+        self.settings = IngressSettings()
+        self.http_policy = self.settings.http_policy()
+        self.inflight = 0  # predict/embed calls this replica works on now (shed past max_inflight_requests)
         self.metrics = IngressMetrics()
         # concurrent predict requests share one encoder call and one call per head (`_run_batch`); two batches in
         # flight, so the encoder works on one while the heads answer the other
@@ -85,10 +80,11 @@ class Ingress:
         )
 
     def reconfigure(self, user_config: dict) -> None:
-        limits = Limits.model_validate(user_config or {})
-        self.auth_token = read_auth_token(limits)  # raises (the deploy fails) if the named token is not there
-        self.limits = limits
-        logger.info(f"Ingress limits: {limits.model_dump()}; bearer-token auth {'on' if self.auth_token else 'off'}")
+        settings = IngressSettings.model_validate(user_config or {})
+        self.http_policy = settings.http_policy()  # raises (the deploy fails) if the named token is not there
+        self.settings = settings
+        auth = "on" if self.http_policy.bearer_token else "off"
+        logger.info(f"Ingress settings: {settings.model_dump()}; bearer-token auth {auth}")
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_app(self)
@@ -97,25 +93,27 @@ class Ingress:
     async def predict(self, texts: list[str], tasks: list[str] | None = None, return_embeddings: bool = False) -> dict:
         """`POST /v1/predict`: one result per text, in order, with only the asked tasks."""
         with self._observe("predict"), self._admit():
-            request = _validate(PredictRequest, texts=texts, tasks=tasks, return_embeddings=return_embeddings)
-            texts, clipped = self._check_texts(request.texts)
+            request = parse_request(
+                PredictRequest, self.settings, texts=texts, tasks=tasks, return_embeddings=return_embeddings
+            )
             tasks = self._check_tasks(request.tasks)
+            checked = request.checked
             results = await self._within_deadline(
-                lambda: self._predict(texts, clipped, tasks, request.return_embeddings)
+                lambda: self._predict(checked.texts, checked.clipped, tasks, request.return_embeddings)
             )
             return {"results": results, "model": self.model_info}
 
     async def embed(self, texts: list[str], normalize: bool = True) -> dict:
         """`POST /v1/embed`: the shared embeddings, unit-normalized unless asked otherwise."""
         with self._observe("embed"), self._admit():
-            request = _validate(EmbedRequest, texts=texts, normalize=normalize)
-            texts, clipped = self._check_texts(request.texts)
-            encoded: EncodedTexts = await self._within_deadline(lambda: self.encoder.encode.remote(texts))
+            request = parse_request(EmbedRequest, self.settings, texts=texts, normalize=normalize)
+            checked = request.checked
+            encoded: EncodedTexts = await self._within_deadline(lambda: self.encoder.encode.remote(checked.texts))
             embeddings = _unit_norm(encoded.embeddings) if request.normalize else encoded.embeddings  # (n, dim)
             return {
                 "embeddings": embeddings.tolist(),
                 "dimension": int(embeddings.shape[1]),
-                "truncated": [cut or flag for cut, flag in zip(clipped, encoded.truncated)],
+                "truncated": [cut or flag for cut, flag in zip(checked.clipped, encoded.truncated)],
                 "model": self.model_info,
             }
 
@@ -130,15 +128,17 @@ class Ingress:
         """`POST /v1/embeddings`: OpenAI's embeddings response (unit-normalized, as OpenAI's are), with
         `usage.prompt_tokens` counted by the encoder's own tokenizer."""
         with self._observe("openai_embeddings"), self._admit():
-            request = _validate(
+            request = parse_request(
                 OpenAIEmbeddingsRequest,
+                self.settings,
                 input=input,
                 model=model,
                 encoding_format=encoding_format,
                 dimensions=dimensions,
                 user=user,
             )
-            texts, _ = self._check_texts(request_texts(request, self.manifest.model.embedding_dim), field="input")
+            check_dimensions(request.dimensions, self.manifest.model.embedding_dim)
+            texts = request.checked.texts
             encoded: EncodedTexts = await self._within_deadline(lambda: self.encoder.encode.remote(texts))
             return embeddings_response(
                 _unit_norm(encoded.embeddings),
@@ -151,11 +151,10 @@ class Ingress:
         """`POST /v1/classify/{task}`: Hugging Face text-classification, one `[{label, score}, ...]` per input,
         best first (the first `top_k` labels; all when None)."""
         with self._observe("classify"), self._admit():
-            request = _validate(ClassifyRequest, inputs=inputs, parameters={"top_k": top_k})
-            texts = [request.inputs] if isinstance(request.inputs, str) else request.inputs
-            texts, clipped = self._check_texts(texts, field="inputs")
+            request = parse_request(ClassifyRequest, self.settings, inputs=inputs, parameters={"top_k": top_k})
             tasks = self._check_tasks([task])
-            results = await self._within_deadline(lambda: self._predict(texts, clipped, tasks, False))
+            checked = request.checked
+            results = await self._within_deadline(lambda: self._predict(checked.texts, checked.clipped, tasks, False))
             return [ranked(result[task]["scores"], request.parameters.top_k) for result in results]
 
     def tasks(self) -> dict:
@@ -178,7 +177,7 @@ class Ingress:
         """`GET /healthz`: ping every deployment; raise `unavailable` (503) naming those that did not answer."""
         handles = [self.encoder, *self.heads.values()]
         answers = await asyncio.gather(
-            *(asyncio.wait_for(_ping(handle), self.limits.health_timeout_s) for handle in handles),
+            *(asyncio.wait_for(_ping(handle), self.settings.health_timeout_s) for handle in handles),
             return_exceptions=True,
         )
         status = {
@@ -258,7 +257,7 @@ class Ingress:
         """Await `call()` within `request_timeout_s` (503 timeout past it). A call whose replica died (killed,
         crashed) is retried once within the same deadline: Serve routes it to a live or replacement replica."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.limits.request_timeout_s
+        deadline = loop.time() + self.settings.request_timeout_s
         for attempt in range(2):
             try:
                 return await asyncio.wait_for(call(), max(deadline - loop.time(), 0.001))
@@ -270,33 +269,12 @@ class Ingress:
                     continue
                 raise to_service_error(exc) from exc
 
-    def _check_texts(self, texts: list[str], field: str = "texts") -> tuple[list[str], list[bool]]:
-        """Refuse too many texts, empty ones and invalid Unicode; cut each text to `max_chars_per_text` characters.
-        Returns the texts to encode and which of them were cut (their results say `truncated`)."""
-        limits = self.limits
-        if len(texts) > limits.max_texts_per_request:
-            raise ServiceError(
-                ErrorKind.too_many_texts,
-                f"{len(texts)} texts in one request; the limit is {limits.max_texts_per_request}. Split the request.",
-            )
-        for i, text in enumerate(texts):
-            if not _has_content(text):
-                raise ServiceError(ErrorKind.empty_text, f"{field}[{i}] is empty; every text needs some content.")
-            if _has_surrogate(text):
-                raise ServiceError(
-                    ErrorKind.validation_error,
-                    f"{field}[{i}] holds a lone UTF-16 surrogate (e.g. \\ud800), which is not valid Unicode; "
-                    "send valid UTF-8 (pairs of surrogate escapes are fine).",
-                )
-        clipped = [len(text) > limits.max_chars_per_text for text in texts]
-        return [text[: limits.max_chars_per_text] for text in texts], clipped
-
     def _check_tasks(self, tasks: list[str] | None) -> list[str]:
         if tasks is None:
             return list(self.heads)
         unknown = [task for task in tasks if task not in self.heads]
         if unknown:
-            raise ServiceError(ErrorKind.unknown_task, f"No task {unknown[0]!r}. Available: {list(self.heads)}")
+            raise ServiceError(ErrorKind.unknown_task, unknown_task_message(unknown[0], list(self.heads)))
         repeated = sorted({task for task in tasks if tasks.count(task) > 1})
         if repeated:
             raise ServiceError(ErrorKind.validation_error, f"tasks: {repeated} listed more than once; name each once.")
@@ -306,7 +284,7 @@ class Ingress:
     def _admit(self) -> Iterator[None]:
         """Shed load: past `max_inflight_requests` calls in this replica, answer 503 overloaded at once instead of
         queueing (the encoder's and heads' `max_queued_requests` bound the queues behind it)."""
-        if self.inflight >= self.limits.max_inflight_requests:
+        if self.inflight >= self.settings.max_inflight_requests:
             raise ServiceError(ErrorKind.overloaded, "The service is overloaded; retry after a short wait.")
         self.inflight += 1
         try:
@@ -329,44 +307,6 @@ class Ingress:
             self.metrics.latency_ms.observe((time.perf_counter() - start) * 1000, tags={"endpoint": endpoint})
 
 
-def read_auth_token(limits: Limits) -> bytes | None:
-    """The bearer token the config names (environment variable or file), or None when auth is off. A token that is
-    named but missing or empty is an error: failing the deploy beats serving without the auth that was asked for."""
-    if limits.auth_token_env and limits.auth_token_file:
-        raise ValueError("Ingress user_config: set auth_token_env or auth_token_file, not both.")
-    if limits.auth_token_env:
-        token = os.environ.get(limits.auth_token_env, "").strip()
-        where = f"environment variable {limits.auth_token_env} (set it in the application's runtime_env.env_vars)"
-    elif limits.auth_token_file:
-        path = Path(limits.auth_token_file).expanduser()
-        try:
-            token = path.read_text().strip()
-        except OSError as exc:
-            raise ValueError(
-                f"Ingress auth_token_file {path} cannot be read ({exc}); create it on every node."
-            ) from exc
-        where = f"file {path}"
-    else:
-        return None
-    if not token:
-        raise ValueError(f"Ingress bearer-token auth is on but the {where} is empty or unset; put the token there.")
-    return token.encode()
-
-
-def _has_content(text: str) -> bool:
-    """Some character besides whitespace, control and format characters (zero-width spaces, BOMs)."""
-    return any(not ch.isspace() and unicodedata.category(ch) not in ("Cc", "Cf") for ch in text)
-
-
-def _has_surrogate(text: str) -> bool:
-    """JSON's `\\ud800` escapes decode to lone surrogates, which no tokenizer (or UTF-8 encoder) accepts."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
 def _unit_norm(embeddings: np.ndarray) -> np.ndarray:
     """(n, dim) -> each row scaled to unit L2 norm (an all-zero row stays zero)."""
     return embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
@@ -374,11 +314,3 @@ def _unit_norm(embeddings: np.ndarray) -> np.ndarray:
 
 async def _ping(handle: DeploymentHandle) -> str:
     return await handle.ping.remote()
-
-
-def _validate(schema, /, **fields):
-    """Validate handle callers' arguments with the HTTP request model: same rules, same error kinds."""
-    try:
-        return schema.model_validate(fields)
-    except ValidationError as exc:
-        raise ServiceError(*describe_errors(exc.errors())) from None

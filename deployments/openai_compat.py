@@ -2,7 +2,7 @@
 
     from openai import OpenAI
     client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="<the bearer token, or anything when auth is off>")
-    client.embeddings.create(model="multitask", input=["a sentence", "another"]).data[0].embedding   # 1024 floats
+    client.embeddings.create(model="multitask", input=["a sentence", "another"]).data[0].embedding   # embedding_dim floats
 
 Request and response follow OpenAI's shapes; the embeddings are the shared encoder's, unit-normalized as OpenAI's
 are. The SDK asks for `base64` unless told otherwise (little-endian float32, which it decodes itself). The request's
@@ -13,18 +13,19 @@ that answered. Errors on this route take OpenAI's shape (`deployments/errors.py`
 from __future__ import annotations
 
 import base64
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-from deployments.errors import ErrorKind, ServiceError
+from deployments.errors import ErrorKind, ServiceError, request_check_error
+from deployments.schemas import TextsRequest
 
 
-class OpenAIEmbeddingsRequest(BaseModel):
+class OpenAIEmbeddingsRequest(TextsRequest):
     """Body of `POST /v1/embeddings` (OpenAI's embeddings request)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    TEXTS_FIELD: ClassVar[str] = "input"
 
     input: str | list[str] | list[int] | list[list[int]] = Field(
         description="A text or a list of texts (at most `max_texts_per_request`). Token-id arrays are refused: this "
@@ -39,6 +40,18 @@ class OpenAIEmbeddingsRequest(BaseModel):
         default=None, gt=0, description="Must equal the embedding size (`embedding_dim`): embeddings are not cut."
     )
     user: str | None = Field(default=None, description="Accepted and ignored.")
+
+    def request_texts(self) -> list[str]:
+        """The texts to embed; token ids are refused (this encoder's tokenizer is not OpenAI's)."""
+        texts = [self.input] if isinstance(self.input, str) else self.input
+        if not texts:
+            raise request_check_error(ErrorKind.validation_error, "input: an empty list; send at least one text.")
+        if not all(isinstance(text, str) for text in texts):
+            raise request_check_error(
+                ErrorKind.validation_error,
+                "input: token ids are not accepted (this encoder's tokenizer is not OpenAI's); send the text instead.",
+            )
+        return texts
 
 
 class OpenAIEmbedding(BaseModel):
@@ -72,23 +85,14 @@ class OpenAIErrorResponse(BaseModel):
     error: OpenAIError
 
 
-def request_texts(request: OpenAIEmbeddingsRequest, dimension: int) -> list[str]:
-    """The texts to embed; refuses what this service cannot honour (token ids, another embedding size)."""
-    if request.dimensions is not None and request.dimensions != dimension:
+def check_dimensions(dimensions: int | None, embedding_dim: int) -> None:
+    """Refuse an embedding size other than the model's: embeddings are not cut."""
+    if dimensions is not None and dimensions != embedding_dim:
         raise ServiceError(
             ErrorKind.validation_error,
-            f"dimensions: {request.dimensions} is not available; this model's embeddings have {dimension} dimensions. "
-            f"Omit `dimensions` or send {dimension}.",
+            f"dimensions: {dimensions} is not available; this model's embeddings have {embedding_dim} dimensions. "
+            f"Omit `dimensions` or send {embedding_dim}.",
         )
-    texts = [request.input] if isinstance(request.input, str) else request.input
-    if not texts:
-        raise ServiceError(ErrorKind.validation_error, "input: an empty list; send at least one text.")
-    if not all(isinstance(text, str) for text in texts):
-        raise ServiceError(
-            ErrorKind.validation_error,
-            "input: token ids are not accepted (this encoder's tokenizer is not OpenAI's); send the text instead.",
-        )
-    return texts
 
 
 def embeddings_response(embeddings: np.ndarray, token_counts: list[int], encoding_format: str, model: str) -> dict:

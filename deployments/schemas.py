@@ -1,23 +1,124 @@
-"""Pydantic models of the HTTP contract (they generate /openapi.json) and of the runtime knobs (`user_config`).
+"""The v1 HTTP contract as pydantic models (they generate /openapi.json), and the checks every request's texts pass.
 
-Limits that can change at runtime (texts per request, characters per text, body size) live in `Limits`, the
-ingress's `user_config`, and are checked by the ingress, not here: a schema error here is always a 422.
+A request is validated twice on its way in. FastAPI checks the body against the route's model, without context:
+its shape only. Then the ingress method that the route calls, and that handle callers call directly, validates its
+arguments with the same model and the ingress's `TextLimits` as pydantic context (`parse_request`): the shape
+again, then the texts (how many, not empty, valid Unicode, cut to `max_chars_per_text`). So HTTP and handle callers
+get the same checks, error kinds and messages, written once here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import unicodedata
+from dataclasses import dataclass
+from typing import ClassVar, Self, TypeVar
 
-import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, model_validator
+
+from deployments.errors import ErrorKind, ServiceError, describe_errors, request_check_error
 
 _EXAMPLE_TEXTS = ["The new phone ships with a faster chip.", "Stocks fell sharply after the announcement."]
 
 
-# --- requests ---------------------------------------------------------------------------------------------------
-class _Request(BaseModel):
+# --- the texts of a request ---------------------------------------------------------------------------------------
+class TextLimits(BaseModel):
+    """How many texts a request may carry and how much of each the service reads (part of the Ingress's
+    `user_config`, `deployments/settings.py`; changed at runtime, so they are validation context, not schema)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_texts_per_request: int = Field(default=64, gt=0, description="More texts -> 413 too_many_texts.")
+    max_chars_per_text: int = Field(
+        default=100_000,
+        gt=0,
+        description="Characters of a text the service reads; the rest is dropped and the text flagged `truncated` "
+        "(the encoder reads at most its token window anyway). Never an error: bodies are bounded by max_body_bytes.",
+    )
+
+
+@dataclass(frozen=True)
+class CheckedTexts:
+    """A request's texts after the checks: what to encode, in order, and which of them were cut."""
+
+    texts: list[str]
+    clipped: list[bool]  # per text: cut to max_chars_per_text (its result says `truncated`)
+
+
+class TextsRequest(BaseModel):
+    """A request that carries texts (v1's `texts`, OpenAI's `input`, Hugging Face's `inputs`). Validated with
+    `TextLimits` as context, it checks them too and keeps the result in `checked`."""
+
     model_config = ConfigDict(extra="forbid", strict=True)
 
+    TEXTS_FIELD: ClassVar[str] = "texts"
+    _checked: CheckedTexts | None = PrivateAttr(default=None)
+
+    def request_texts(self) -> list[str]:
+        """The request's texts as a list; refuses what the request's own shape allows but the service does not."""
+        raise NotImplementedError
+
+    @model_validator(mode="after")
+    def _check_texts(self, info: ValidationInfo) -> Self:
+        if isinstance(info.context, TextLimits):
+            self._checked = check_texts(self.request_texts(), self.TEXTS_FIELD, info.context)
+        return self
+
+    @property
+    def checked(self) -> CheckedTexts:
+        if self._checked is None:
+            raise RuntimeError(f"{type(self).__name__} was validated without TextLimits; use parse_request")
+        return self._checked
+
+
+def check_texts(texts: list[str], field: str, limits: TextLimits) -> CheckedTexts:
+    """Refuse too many texts, empty ones and invalid Unicode; cut each text to `max_chars_per_text` characters."""
+    if len(texts) > limits.max_texts_per_request:
+        raise request_check_error(
+            ErrorKind.too_many_texts,
+            f"{len(texts)} texts in one request; the limit is {limits.max_texts_per_request}. Split the request.",
+        )
+    for i, text in enumerate(texts):
+        if not _has_content(text):
+            raise request_check_error(ErrorKind.empty_text, f"{field}[{i}] is empty; every text needs some content.")
+        if _has_surrogate(text):
+            raise request_check_error(
+                ErrorKind.validation_error,
+                f"{field}[{i}] holds a lone UTF-16 surrogate (e.g. \\ud800), which is not valid Unicode; "
+                "send valid UTF-8 (pairs of surrogate escapes are fine).",
+            )
+    cut = limits.max_chars_per_text
+    return CheckedTexts([text[:cut] for text in texts], [len(text) > cut for text in texts])
+
+
+def _has_content(text: str) -> bool:
+    """Some character besides whitespace, control and format characters (zero-width spaces, BOMs)."""
+    return any(not ch.isspace() and unicodedata.category(ch) not in ("Cc", "Cf") for ch in text)
+
+
+def _has_surrogate(text: str) -> bool:
+    """JSON's `\\ud800` escapes decode to lone surrogates, which no tokenizer (or UTF-8 encoder) accepts."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+RequestT = TypeVar("RequestT", bound=TextsRequest)
+
+
+def parse_request(request_model: type[RequestT], limits: TextLimits, /, **fields: object) -> RequestT:
+    """An ingress method's arguments validated with the route's model and the limits; a refusal is a
+    `ServiceError` of the kind the failed check names (422 validation_error for the shape). Positional-only: a
+    request may have a field named `model` (OpenAI's)."""
+    try:
+        return request_model.model_validate(fields, context=limits)
+    except ValidationError as exc:
+        raise ServiceError(*describe_errors(exc.errors())) from None
+
+
+# --- requests ---------------------------------------------------------------------------------------------------
+class _V1Request(TextsRequest):
     texts: list[str] = Field(
         min_length=1,
         description="Texts to process, at most `max_texts_per_request` (default 64), each non-empty, of any length "
@@ -26,8 +127,11 @@ class _Request(BaseModel):
         examples=[_EXAMPLE_TEXTS],
     )
 
+    def request_texts(self) -> list[str]:
+        return self.texts
 
-class TaskPredictRequest(_Request):
+
+class TaskPredictRequest(_V1Request):
     """Body of `POST /v1/predict/{task}`."""
 
     return_embeddings: bool = Field(
@@ -46,7 +150,7 @@ class PredictRequest(TaskPredictRequest):
     )
 
 
-class EmbedRequest(_Request):
+class EmbedRequest(_V1Request):
     """Body of `POST /v1/embed`."""
 
     normalize: bool = Field(default=True, description="Scale each embedding to unit L2 norm.")
@@ -115,69 +219,3 @@ class ErrorResponse(BaseModel):
     error_type: str = Field(
         description="The error kind, for code: see deployments/errors.py.", examples=["unknown_task"]
     )
-
-
-# --- runtime knobs (user_config) ----------------------------------------------------------------------------------
-class Limits(BaseModel):
-    """The ingress's `user_config`: request limits, overload shedding and optional bearer-token auth, changed by
-    redeploying the config without a restart. With neither `auth_token_env` nor `auth_token_file`, auth is off."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    max_texts_per_request: int = Field(default=64, gt=0, description="More texts -> 413 too_many_texts.")
-    max_chars_per_text: int = Field(
-        default=100_000,
-        gt=0,
-        description="Characters of a text the service reads; the rest is dropped and the text flagged `truncated` "
-        "(the encoder reads at most its token window anyway). Never an error: bodies are bounded by max_body_bytes.",
-    )
-    max_body_bytes: int = Field(default=1_048_576, gt=0, description="Larger body -> 413 body_too_large.")
-    request_timeout_s: float = Field(default=30.0, gt=0, description="Graph answer deadline -> 503 timeout.")
-    health_timeout_s: float = Field(default=5.0, gt=0, description="Per-deployment ping deadline in /healthz.")
-    max_inflight_requests: int = Field(
-        default=96,
-        gt=0,
-        description="Requests one ingress replica works on at once; more -> 503 overloaded with Retry-After at once. "
-        "Keep it below the Ingress's max_ongoing_requests, so that the ingress sheds load before Serve's proxy queues.",
-    )
-    auth_token_env: str | None = Field(
-        default=None, description="Bearer-token auth: the environment variable (of the ingress replica) holding it."
-    )
-    auth_token_file: str | None = Field(
-        default=None, description="Bearer-token auth: a file holding it (read at deploy time; whitespace stripped)."
-    )
-
-
-class EncoderSettings(BaseModel):
-    """The encoder's `user_config`: dynamic batching and CPU threads."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    max_batch_size: int = Field(
-        default=32, gt=0, description="Texts per forward pass, across requests (batches form without waiting)."
-    )
-    max_batch_tokens: int = Field(
-        default=4096, ge=0, description="Padded tokens per forward pass (texts x longest); 0 = no limit."
-    )
-    threads: int = Field(
-        default=0, ge=0, description="CPU threads of a forward pass (onnxruntime or torch intra-op); 0 = the default."
-    )
-
-
-class HeadSettings(BaseModel):
-    """A head's `user_config`."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    threads: int = Field(default=1, ge=0, description="BLAS threads of the (numpy) head MLP; 0 = leave as is.")
-
-
-# --- what flows between deployments -----------------------------------------------------------------------------
-@dataclass
-class EncodedTexts:
-    """Encoder -> heads and ingress: embeddings of one request's texts, in input order."""
-
-    embeddings: np.ndarray  # (n_texts, embedding_dim) float32
-    truncated: list[bool] = field(default_factory=list)  # per text: cut to the encoder's max tokens
-    fingerprint: str = ""  # the encoder that produced them; heads refuse other encoders
-    token_counts: list[int] = field(default_factory=list)  # per text: tokens the encoder read (specials included)

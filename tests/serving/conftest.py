@@ -16,7 +16,7 @@ import requests
 import yaml
 from graph_under_test import graph_under_test
 
-from multitask.checkpoint import load_model, save_checkpoint
+from multitask.checkpoint.load import load_model, save_checkpoint
 from multitask.model import MultiTaskModel
 
 from .helpers import APP_NAME, METRICS

@@ -8,21 +8,8 @@ from fastapi.testclient import TestClient
 
 from deployments.hf_compat import ranked
 from deployments.http import create_app
-from deployments.schemas import Limits
 
-
-class _StubIngress:
-    """What create_app needs of the Ingress for these routes, without Ray."""
-
-    def __init__(self, token: bytes | None = None):
-        self.limits = Limits(max_body_bytes=1000)
-        self.auth_token = token
-
-    def count_http_error(self, kind) -> None:
-        pass
-
-    async def openai_embeddings(self, **request) -> dict:
-        return {"object": "list", "data": [], "model": "stub", "usage": {"prompt_tokens": 0, "total_tokens": 0}}
+from .fake_ingress import FakeIngress
 
 
 @pytest.mark.parametrize(
@@ -36,7 +23,7 @@ class _StubIngress:
     ids=["auth", "body limit", "schema", "malformed JSON"],
 )
 def test_openai_route_errors_take_openai_shape_whichever_layer_answers(token, body, headers, status, code):
-    client = TestClient(create_app(_StubIngress(token)))
+    client = TestClient(create_app(FakeIngress(token=token, max_body_bytes=1000)))
     response = client.post("/v1/embeddings", content=body, headers={"content-type": "application/json", **headers})
     assert response.status_code == status
     assert response.json() == {

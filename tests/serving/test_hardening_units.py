@@ -1,7 +1,9 @@
-"""Hardening without a running graph: bad artifacts refused at build time, bearer-token auth, replica-death mapping."""
+"""Hardening without a running graph: bad artifacts refused at build time, bearer-token auth, replica-death mapping,
+and the written seam between the HTTP app and the ingress."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
 from pathlib import Path
@@ -11,11 +13,12 @@ from fastapi.testclient import TestClient
 from ray.exceptions import ActorDiedError
 
 from deployments.errors import ErrorKind, to_service_error
-from deployments.http import create_app
-from deployments.ingress import read_auth_token
-from deployments.schemas import Limits
+from deployments.http import HttpSettings, IngressApi, create_app
+from deployments.ingress import Ingress
 from graph import GraphArgs, build_app, check_checkpoint
 from multitask.errors import CheckpointError, EncoderMismatchError
+
+from .fake_ingress import FakeIngress
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "default"
 
@@ -97,35 +100,32 @@ def test_encoder_deployment_refuses_heads_from_another_encoder(checkpoint_copy):
     assert "retrain the heads" in str(error.value)
 
 
+# --- the HTTP app's seam: what it needs of the ingress -------------------------------------------------------------
+def _interface(cls: type) -> dict[str, inspect.Signature | None]:
+    """Public methods with their signatures, and annotated attributes (None), of a class and its bases."""
+    members: dict[str, inspect.Signature | None] = {}
+    for klass in reversed(cls.__mro__):
+        members.update(dict.fromkeys(name for name in vars(klass).get("__annotations__", {}) if name[0] != "_"))
+        members.update(
+            (name, inspect.signature(value))
+            for name, value in vars(klass).items()
+            if inspect.isfunction(value) and name[0] != "_"
+        )
+    return members
+
+
+@pytest.mark.parametrize("implementation", [Ingress.func_or_class, FakeIngress], ids=["Ingress", "FakeIngress"])
+def test_the_ingress_and_the_fake_implement_what_the_http_app_needs(implementation):
+    wanted = _interface(IngressApi)
+    given = _interface(implementation)
+    assert {name: given.get(name, "missing") for name in wanted} == wanted
+
+
 # --- bearer-token auth --------------------------------------------------------------------------------------------
-class _StubIngress:
-    """What create_app needs of the Ingress, without Ray."""
-
-    def __init__(self, token: bytes | None):
-        self.limits = Limits()
-        self.auth_token = token
-        self.rejected: list[ErrorKind] = []
-
-    def count_http_error(self, kind: ErrorKind) -> None:
-        self.rejected.append(kind)
-
-    async def predict(self, texts, tasks=None, return_embeddings=False) -> dict:
-        return {"results": [{"truncated": False} for _ in texts], "model": {}}
-
-    async def embed(self, texts, normalize=True) -> dict:
-        return {"embeddings": [], "dimension": 1024, "truncated": [], "model": {}}
-
-    def tasks(self) -> dict:
-        return {"tasks": [], "model": {}}
-
-    async def health(self) -> dict:
-        return {"status": "ok", "deployments": {}}
-
-
 @pytest.fixture
-def guarded() -> tuple[TestClient, _StubIngress]:
-    stub = _StubIngress(b"s3cret-token")
-    return TestClient(create_app(stub)), stub
+def guarded() -> tuple[TestClient, FakeIngress]:
+    fake = FakeIngress(token=b"s3cret-token")
+    return TestClient(create_app(fake)), fake
 
 
 @pytest.mark.parametrize(
@@ -140,7 +140,7 @@ def guarded() -> tuple[TestClient, _StubIngress]:
     ],
 )
 def test_auth_refuses_missing_or_wrong_tokens_with_401(guarded, header):
-    client, stub = guarded
+    client, fake = guarded
     headers = {"authorization": header} if header else {}
     for method, path in (("post", "/v1/predict"), ("post", "/v1/embed"), ("get", "/v1/tasks"), ("get", "/docs")):
         body = {"json": {"texts": ["a"]}} if method == "post" else {}
@@ -148,7 +148,7 @@ def test_auth_refuses_missing_or_wrong_tokens_with_401(guarded, header):
         assert response.status_code == 401, (path, response.text)
         assert response.json()["error_type"] == "unauthorized"
         assert response.headers["www-authenticate"].startswith("Bearer")
-    assert stub.rejected == [ErrorKind.unauthorized] * 4
+    assert fake.http_errors == [ErrorKind.unauthorized] * 4
 
 
 def test_auth_lets_the_right_token_through_and_healthz_stays_open(guarded):
@@ -168,30 +168,30 @@ def test_auth_is_checked_before_the_body_is_read(guarded):
 
 
 def test_no_token_configured_means_no_auth():
-    client = TestClient(create_app(_StubIngress(None)))
+    client = TestClient(create_app(FakeIngress(token=None)))
     assert client.post("/v1/predict", json={"texts": ["a"]}).status_code == 200
 
 
 def test_auth_token_comes_from_the_env_var_or_file_the_config_names(tmp_path, monkeypatch):
-    assert read_auth_token(Limits()) is None
+    assert HttpSettings().read_token() is None
     monkeypatch.setenv("MULTITASK_TOKEN", " from-env\n")
-    assert read_auth_token(Limits(auth_token_env="MULTITASK_TOKEN")) == b"from-env"
+    assert HttpSettings(auth_token_env="MULTITASK_TOKEN").read_token() == b"from-env"
     (tmp_path / "token").write_text("from-file\n")
-    assert read_auth_token(Limits(auth_token_file=str(tmp_path / "token"))) == b"from-file"
+    assert HttpSettings(auth_token_file=str(tmp_path / "token")).read_token() == b"from-file"
 
 
 @pytest.mark.parametrize(
-    "limits, message",
+    "settings, message",
     [
         ({"auth_token_env": "MULTITASK_UNSET_TOKEN"}, "environment variable MULTITASK_UNSET_TOKEN"),
         ({"auth_token_file": "/nonexistent/token"}, "auth_token_file /nonexistent/token cannot be read"),
         ({"auth_token_env": "A", "auth_token_file": "b"}, "not both"),
     ],
 )
-def test_auth_named_but_missing_fails_the_deploy(limits, message, monkeypatch):
+def test_auth_named_but_missing_fails_the_deploy(settings, message, monkeypatch):
     monkeypatch.delenv("MULTITASK_UNSET_TOKEN", raising=False)
     with pytest.raises(ValueError, match=message):
-        read_auth_token(Limits(**limits))
+        HttpSettings(**settings).http_policy()
 
 
 def test_a_dead_replica_is_a_503_unavailable_not_a_500():

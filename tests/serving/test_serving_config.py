@@ -1,4 +1,5 @@
-"""The Serve config files: valid Serve schemas, names that match the code, knobs that fit their pydantic models."""
+"""The Serve config files: valid Serve schemas, names that match the code, knobs that fit their pydantic models, and
+the code's deployment options (deployments/options.py) stated the same in the local config."""
 
 from __future__ import annotations
 
@@ -9,12 +10,18 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 import graph
-from deployments.schemas import EncoderSettings, HeadSettings, Limits
+from deployments.options import DEFAULT_OPTIONS
+from deployments.settings import EncoderSettings, HeadSettings, IngressSettings
 from multitask.config import DEFAULT_TASKS
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ["serve_config.yaml", "serve_config.local.yaml"]
-SETTINGS = {"Ingress": Limits, "Encoder": EncoderSettings, "TopicHead": HeadSettings, "SentimentHead": HeadSettings}
+SETTINGS = {
+    "Ingress": IngressSettings,
+    "Encoder": EncoderSettings,
+    "TopicHead": HeadSettings,
+    "SentimentHead": HeadSettings,
+}
 AUTOSCALING_KEYS = {
     "min_replicas",
     "initial_replicas",
@@ -55,6 +62,41 @@ def test_every_deployment_spells_out_its_options_in_full(name):
         settings = SETTINGS[deployment["name"]]
         assert set(deployment["user_config"]) == set(settings.model_fields), deployment["name"]
         settings.model_validate(deployment["user_config"])
+
+
+def _code_options(name: str) -> dict:
+    """The code's options of a deployment name in a config (every `<Task>Head` is the one TaskHead class)."""
+    return DEFAULT_OPTIONS["TaskHead" if name.endswith("Head") else name]
+
+
+def test_local_config_states_the_code_options():
+    """The code states each deployment's defaults once (deployments/options.py); the local config, which spells
+    every key out, must state the same, so `serve run graph:app` and `serve run serve_config.local.yaml` agree."""
+    (application,) = load("serve_config.local.yaml")["applications"]
+    for deployment in application["deployments"]:
+        options = {key: value for key, value in deployment.items() if key != "name"}
+        assert options == _code_options(deployment["name"]), deployment["name"]
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_configs_state_every_option_the_code_states(name):
+    """An option the code states but a file leaves out would silently take the laptop value on a cluster."""
+    (application,) = load(name)["applications"]
+    for deployment in application["deployments"]:
+        assert set(deployment) - {"name"} == set(_code_options(deployment["name"])), deployment["name"]
+
+
+def test_the_deployments_carry_the_code_options():
+    from deployments.encoder import Encoder
+    from deployments.head import TaskHeadDeployment
+    from deployments.ingress import Ingress
+
+    for deployment in (Ingress, Encoder, TaskHeadDeployment):
+        options = DEFAULT_OPTIONS[deployment.name]
+        assert deployment.ray_actor_options == options["ray_actor_options"], deployment.name
+        assert deployment.user_config == options["user_config"], deployment.name
+        assert deployment.max_ongoing_requests == options["max_ongoing_requests"], deployment.name
+        assert deployment.max_queued_requests == options["max_queued_requests"], deployment.name
 
 
 def test_cluster_config_asks_a_gpu_for_the_encoder_and_picks_the_rest_by_itself():
@@ -109,7 +151,7 @@ def test_local_config_fits_two_cpus_with_the_embedded_default():
 
 
 def test_config_options_for_unknown_deployments_are_refused(tmp_path, minilm_model):
-    from multitask.checkpoint import save_checkpoint
+    from multitask.checkpoint.load import save_checkpoint
 
     save_checkpoint(minilm_model, tmp_path / "ckpt")
     config = load("serve_config.local.yaml")

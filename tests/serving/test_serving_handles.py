@@ -150,7 +150,7 @@ def test_the_documented_example_script_runs_against_the_cluster(service):
 
 
 def test_a_head_refuses_embeddings_from_another_encoder(service):
-    from deployments.schemas import EncodedTexts
+    from deployments.encoded_texts import EncodedTexts
     from multitask.errors import EncoderMismatchError
 
     head = serve.get_deployment_handle("TopicHead", app_name=APP_NAME)

@@ -1,0 +1,84 @@
+"""Every deployment's Serve options, stated once: the code's defaults, which the decorators carry.
+
+They are the CPU-laptop profile, what `serve run graph:app` (or `graph:build_app checkpoint=...`) deploys, and
+serve_config.local.yaml states exactly these values (tests/serving/test_serving_config.py checks it). A config file
+overrides them per deployment name; serve_config.yaml states every one of them with the cluster's values, since
+Serve replaces `ray_actor_options`, `autoscaling_config` and `user_config` whole, not key by key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from deployments.settings import EncoderSettings, HeadSettings, IngressSettings
+
+MIB = 2**20
+
+
+def _options(
+    *,
+    num_cpus: float,
+    memory_mib: int,
+    max_ongoing_requests: int,
+    max_queued_requests: int,
+    max_replicas: int,
+    target_ongoing_requests: int,
+    user_config: dict[str, Any],
+) -> dict[str, Any]:
+    """One deployment's options; what the three deployments share is written here once."""
+    return {
+        "max_ongoing_requests": max_ongoing_requests,
+        "max_queued_requests": max_queued_requests,
+        "autoscaling_config": {
+            "min_replicas": 1,
+            "initial_replicas": 1,
+            "max_replicas": max_replicas,
+            "target_ongoing_requests": target_ongoing_requests,
+            "look_back_period_s": 30,
+            "upscale_delay_s": 30,
+            "downscale_delay_s": 600,
+            "upscaling_factor": 1.0,
+            "downscaling_factor": 1.0,
+            "aggregation_function": "mean",
+        },
+        "ray_actor_options": {"num_cpus": num_cpus, "num_gpus": 0, "memory": memory_mib * MIB, "resources": {}},
+        "user_config": user_config,
+        "health_check_period_s": 10,
+        "health_check_timeout_s": 30,
+        "graceful_shutdown_wait_loop_s": 2,
+        "graceful_shutdown_timeout_s": 10,
+    }
+
+
+DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
+    # 1 + 0.25 * 3 = 1.75 CPUs: the four deployments fit on 2 cores
+    "Ingress": _options(
+        num_cpus=0.25,
+        memory_mib=512,
+        max_ongoing_requests=128,
+        max_queued_requests=512,
+        max_replicas=1,
+        target_ongoing_requests=32,
+        user_config=IngressSettings().model_dump(),
+    ),
+    "Encoder": _options(
+        num_cpus=1,
+        memory_mib=2048,
+        max_ongoing_requests=64,
+        max_queued_requests=256,
+        max_replicas=1,
+        target_ongoing_requests=32,
+        # Ray sets OMP_NUM_THREADS=1 in replicas: the encoder's threads come from here instead
+        user_config=EncoderSettings(threads=2).model_dump(),
+    ),
+    # every head deployment (TopicHead, SentimentHead, ...): one class bound once per task
+    "TaskHead": _options(
+        num_cpus=0.25,
+        memory_mib=512,
+        max_ongoing_requests=64,
+        max_queued_requests=256,
+        max_replicas=2,
+        target_ongoing_requests=16,
+        user_config=HeadSettings().model_dump(),
+    ),
+}
