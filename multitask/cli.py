@@ -2,6 +2,7 @@
 
     multitask train --config configs/default.yaml [--output s3://bucket/ckpt] [--num-workers 2 [--use-gpu]
                     [--storage-path s3://bucket/ray-train]]
+    multitask wise-ft --config configs/default.yaml --checkpoint checkpoints/default   # WiSE-FT after the fact
     multitask evaluate --checkpoint checkpoints/default --task topic --data test.jsonl [--plots-dir DIR]
     multitask predict --checkpoint checkpoints/default "the senate passed the bill" "what a great day"
     multitask upload checkpoints/default s3://bucket/ckpt
@@ -43,6 +44,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+    wise_ft = commands.add_parser(
+        "wise-ft", help="apply a config's training.wise_ft to a checkpoint trained with it (no training again)"
+    )
+    wise_ft.add_argument("--config", required=True, type=Path, help="training config (YAML) with training.wise_ft")
+    wise_ft.add_argument("--checkpoint", required=True, help="checkpoint folder or storage URI trained with it")
+    wise_ft.add_argument(
+        "--output", type=Path, default=None, help="checkpoint folder; default: the config's output_dir"
+    )
+    wise_ft.add_argument("--no-progress", action="store_true", help="no progress bars")
+
     evaluate = commands.add_parser("evaluate", help="metrics of a checkpoint on a labelled file (JSON to stdout)")
     evaluate.add_argument("--checkpoint", required=True, help="checkpoint folder or storage URI")
     evaluate.add_argument("--task", required=True)
@@ -74,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             return _train(args)
+        if args.command == "wise-ft":
+            return _wise_ft(args)
         if args.command in ("upload", "bundle"):
             return _copy(args)
         checkpoint = locate_checkpoint(args.checkpoint)
@@ -122,6 +135,21 @@ def _train(args: argparse.Namespace) -> int:
             upload_checkpoint(result.output_dir, args.output)
     checkpoint = args.output if to_storage else str(result.output_dir)
     print(json.dumps({"checkpoint": checkpoint, "metrics": _headline(result.metrics)}, indent=2))
+    return 0
+
+
+def _wise_ft(args: argparse.Namespace) -> int:
+    """WiSE-FT on an already trained checkpoint, written to the config's output_dir or `--output` (may be the
+    checkpoint's own folder: it is read whole before anything is written)."""
+    from multitask.training.config import load_train_config
+    from multitask.training.trainer import wise_ft_checkpoint
+
+    config = load_train_config(args.config)
+    if args.output:
+        config = config.model_copy(update={"output_dir": args.output.expanduser().resolve()})
+    result = wise_ft_checkpoint(config, locate_checkpoint(args.checkpoint), progress=not args.no_progress)
+    alpha = result.manifest.training["wise_ft"]["alpha"]
+    print(json.dumps({"checkpoint": str(result.output_dir), "alpha": alpha, "metrics": _headline(result.metrics)}))
     return 0
 
 

@@ -42,9 +42,14 @@ def encoder_state(transformer: torch.nn.Module, mode: FinetuneMode) -> dict[str,
 
 
 def apply_encoder_state(
-    transformer: PreTrainedModel, mode: FinetuneMode, lora: LoraSpec | None, state: dict[str, torch.Tensor]
+    transformer: PreTrainedModel,
+    mode: FinetuneMode,
+    lora: LoraSpec | None,
+    state: dict[str, torch.Tensor],
+    merge: bool = True,
 ) -> PreTrainedModel:
-    """Put a checkpoint's encoder tensors into a freshly loaded base transformer; LoRA is merged away."""
+    """Put a checkpoint's encoder tensors into a freshly loaded base transformer; LoRA is merged away unless
+    `merge` is False (the adapters stay separate, e.g. for WiSE-FT to scale them)."""
     mode = FinetuneMode(mode)
     if mode is FinetuneMode.frozen:
         return transformer
@@ -55,4 +60,4 @@ def apply_encoder_state(
     result = set_peft_model_state_dict(peft_model, state)
     if result.unexpected_keys:
         raise ValueError(f"LoRA weights do not fit this encoder: unexpected {result.unexpected_keys[:3]}")
-    return peft_model.merge_and_unload()
+    return peft_model.merge_and_unload() if merge else peft_model

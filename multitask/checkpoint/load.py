@@ -91,9 +91,10 @@ def save_checkpoint(
     return manifest
 
 
-def load_encoder(directory: str | Path, device: str | torch.device = "cpu") -> SentenceEncoder:
+def load_encoder(directory: str | Path, device: str | torch.device = "cpu", merge_lora: bool = True) -> SentenceEncoder:
     """Load the checkpoint's encoder: base transformer (from the checkpoint's own copy in a bundle, else from what
-    the config names), fine-tuned weights merged in, and the projection."""
+    the config names), fine-tuned weights merged in (LoRA adapters kept apart when `merge_lora` is False), and the
+    projection."""
     directory = Path(directory)
     manifest = read_manifest(directory)
     bundled = directory / BUNDLE_DIR if manifest.encoder.bundled else None
@@ -107,7 +108,7 @@ def load_encoder(directory: str | Path, device: str | torch.device = "cpu") -> S
         encoder_tensors = read_tensors(directory / ENCODER_FILE, framework="pt")
         try:
             encoder.transformer = apply_encoder_state(
-                transformer, manifest.encoder.finetune, manifest.encoder.lora, encoder_tensors
+                transformer, manifest.encoder.finetune, manifest.encoder.lora, encoder_tensors, merge=merge_lora
             )
         except (RuntimeError, ValueError) as exc:
             raise CheckpointError(f"{directory / ENCODER_FILE} does not fit {manifest.model.encoder}: {exc}") from exc
@@ -130,9 +131,9 @@ def load_head(
     return head.to(device).eval()
 
 
-def load_model(directory: str | Path, device: str | torch.device = "cpu") -> MultiTaskModel:
+def load_model(directory: str | Path, device: str | torch.device = "cpu", merge_lora: bool = True) -> MultiTaskModel:
     """Load the whole model (encoder + every head) for in-process use."""
-    encoder = load_encoder(directory, device)
+    encoder = load_encoder(directory, device, merge_lora)
     model = MultiTaskModel(encoder)
     for task in model.heads:
         model.heads[task] = load_head(directory, task, encoder.fingerprint, device)

@@ -15,6 +15,7 @@ from multitask.config import ModelConfig
 from multitask.errors import MultitaskError
 from multitask.finetune import FinetuneMode, LoraSpec
 from multitask.sampling import SamplingStrategy
+from multitask.training.wise_ft import WiseFtSettings
 
 
 class ClassWeighting(str, Enum):
@@ -54,6 +55,10 @@ class TrainingSettings(BaseModel):
     loss_weights: dict[str, float] = Field(default_factory=dict, description="Per-task loss weight, default 1.")
     class_weighting: ClassWeighting = ClassWeighting.sqrt
     early_stopping_patience: int = Field(default=2, ge=1, description="Epochs without mean macro-F1 gain.")
+    wise_ft: WiseFtSettings | None = Field(
+        default=None,
+        description="After training, interpolate the LoRA delta toward the base encoder (alpha chosen on validation).",
+    )
     calibrate: bool = Field(default=True, description="Fit a softmax temperature per task on validation.")
     seed: int = 13
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
@@ -81,6 +86,8 @@ class TrainConfig(BaseModel):
                 f"'data' must have exactly one entry per task {sorted(tasks)}; "
                 f"missing {sorted(missing)}, unknown {sorted(extra)}"
             )
+        if self.training.wise_ft is not None and self.training.mode is not FinetuneMode.lora:
+            raise ValueError(f"training.wise_ft needs training.mode: lora (got {self.training.mode.value})")
         unknown_weights = set(self.training.loss_weights) - tasks
         if unknown_weights:
             raise ValueError(f"loss_weights names unknown task(s) {sorted(unknown_weights)}; tasks: {sorted(tasks)}")

@@ -13,6 +13,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.metrics import ConfusionMatrixDisplay
 
+HISTORY_FILE = "history.json"
+"""Per-epoch training loss and validation scores, kept so that a later step (WiSE-FT) can redraw the curves."""
+
 
 def plot_confusion_matrix(matrix: Sequence[Sequence[int]], labels: Sequence[str], title: str, path: Path) -> Path:
     """Row-normalised confusion matrix with counts; rows are true labels, columns predictions."""
@@ -59,16 +62,42 @@ def plot_training_curves(history: list[dict], path: Path) -> Path:
     return path
 
 
+def plot_wise_ft(wise_ft: dict, path: Path) -> Path:
+    """Each task's validation macro-F1 over the WiSE-FT alphas, the kept alpha and the tolerance band marked."""
+    scores = {float(alpha): by_task for alpha, by_task in wise_ft["validation_macro_f1"].items()}
+    alphas = sorted(scores)
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for task in scores[1.0]:
+        line = ax.plot(alphas, [scores[a][task] for a in alphas], marker="o", label=task)[0]
+        ax.axhline(scores[1.0][task] - wise_ft["tolerance"], color=line.get_color(), linestyle=":", linewidth=1)
+    ax.axvline(wise_ft["alpha"], color="k", linestyle="--", label=f"kept: alpha {wise_ft['alpha']}")
+    ax.set(
+        title="WiSE-FT: validation macro-F1 (dotted: alpha 1.0 minus the tolerance)",
+        xlabel="alpha (0 = pre-trained encoder, 1 = fine-tuned)",
+        ylabel="macro-F1",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_report(
     directory: Path,
     metrics: dict[str, dict[str, dict]],
     labels: dict[str, Sequence[str]],
     history: list[dict] | None = None,
     calibration: dict | None = None,
+    wise_ft: dict | None = None,
 ) -> Path:
-    """Write metrics.json, report.md and the plots into `directory`; metrics are {task: {split: metrics}}."""
+    """Write metrics.json, history.json, report.md and the plots into `directory`; metrics are
+    {task: {split: metrics}}."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if history:
+        (directory / HISTORY_FILE).write_text(json.dumps(history, indent=2) + "\n")
     lines = ["# Evaluation report", ""]
     lines += [
         "| task | split | examples | accuracy | macro-F1 | macro-recall | ECE |",
@@ -80,6 +109,21 @@ def write_report(
                 f"| {task} | {split} | {m['examples']} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} "
                 f"| {m['macro_recall']:.4f} | {m['ece']:.4f} |"
             )
+    if wise_ft:
+        plot_wise_ft(wise_ft, directory / "wise_ft.png")
+        lines += ["", "## WiSE-FT (alpha chosen on validation)", ""]
+        lines += [
+            (
+                f"Kept alpha **{wise_ft['alpha']}**: the smallest whose every task's validation macro-F1 is within "
+                f"{wise_ft['tolerance']} of alpha 1.0 (the fine-tuned encoder)."
+            ),
+            "",
+        ]
+        tasks = list(wise_ft["validation_macro_f1"]["1.0"])
+        lines += ["| alpha | " + " | ".join(tasks) + " |", "|---:|" + "---:|" * len(tasks)]
+        for alpha, by_task in wise_ft["validation_macro_f1"].items():
+            lines.append(f"| {alpha} | " + " | ".join(f"{by_task[t]:.4f}" for t in tasks) + " |")
+        lines += ["", "![WiSE-FT](wise_ft.png)"]
     if calibration:
         lines += ["", "## Calibration (temperature scaling on validation)", ""]
         lines += ["| task | temperature | ECE before | ECE after |", "|---|---:|---:|---:|"]
@@ -98,6 +142,7 @@ def write_report(
             lines += ["", f"![confusion matrix]({name})"]
     if history:
         plot_training_curves(history, directory / "training_curves.png")
+    if (directory / "training_curves.png").is_file():  # kept from the training run when WiSE-FT is applied later
         lines += ["", "## Training curves", "", "![training curves](training_curves.png)"]
     (directory / "report.md").write_text("\n".join(lines) + "\n")
     return directory / "report.md"

@@ -4,13 +4,15 @@
 
 Each step draws one task (proportional, temperature-scaled or round-robin sampling), runs a batch of that task
 through the shared encoder and its head, and weights the loss per task (and per class, for imbalanced labels).
-Validation runs every epoch; the epoch with the best mean macro-F1 is kept, with early stopping. A softmax
-temperature per task is then fitted on validation, and the checkpoint is written with its evaluation report.
+Validation runs every epoch; the epoch with the best mean macro-F1 is kept, with early stopping. With
+`training.wise_ft`, the LoRA delta is then scaled toward the base encoder (`multitask/training/wise_ft.py`). A softmax
+temperature per task is fitted on validation, and the checkpoint is written with its evaluation report.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import os
@@ -25,10 +27,11 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from multitask.checkpoint.load import save_checkpoint
-from multitask.checkpoint.manifest import CheckpointManifest, FinetuneMode
+from multitask.checkpoint.load import load_model, save_checkpoint
+from multitask.checkpoint.manifest import CheckpointManifest, FinetuneMode, read_manifest
 from multitask.data import TaskDataset, read_task_file
 from multitask.encoder import SentenceEncoder
+from multitask.errors import MultitaskError
 from multitask.finetune import add_lora
 from multitask.model import MultiTaskModel
 from multitask.runtime.select import pick_device
@@ -38,7 +41,8 @@ from multitask.training.calibration import fit_temperature
 from multitask.training.config import ClassWeighting, TrainConfig
 from multitask.training.embedding_cache import cached_pooled_embeddings
 from multitask.training.metrics import classification_metrics, expected_calibration_error
-from multitask.training.report import write_report
+from multitask.training.report import HISTORY_FILE, write_report
+from multitask.training.wise_ft import interpolate
 
 log = logging.getLogger(__name__)
 
@@ -169,13 +173,53 @@ def train(config: TrainConfig, context: WorkerContext | None = None, progress: b
     model, feeds = _build_model(config, splits, device, show)
     module = TrainingModule(model, frozen=settings.mode is FinetuneMode.frozen).to(device)
     history = _fit(config, context, module, feeds, device, show)  # leaves the best epoch's weights in `module`
+    return _finish(config, context, model, module, feeds, history, device, show)
+
+
+def wise_ft_checkpoint(config: TrainConfig, checkpoint: str | Path, progress: bool = True) -> TrainResult:
+    """Run the end of `train` (WiSE-FT, calibration, evaluation, saving into `config.output_dir`) on a checkpoint
+    already trained with `config`'s model: `training.wise_ft` applied after the fact, without training again."""
+    checkpoint = Path(checkpoint)
+    settings = config.training
+    if settings.wise_ft is None:
+        raise MultitaskError("The training config has no training.wise_ft section: nothing to apply.")
+    manifest = read_manifest(checkpoint)
+    if manifest.encoder.finetune is not FinetuneMode.lora or manifest.model != config.model:
+        raise MultitaskError(
+            f"{checkpoint} was not trained with this config's model and LoRA (its encoder: "
+            f"{manifest.encoder.finetune.value}); WiSE-FT scales the LoRA delta of a checkpoint of the same model."
+        )
+    seed_everything(settings.seed)
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    device = torch.device(pick_device(settings.device))
+    history_file = checkpoint / "report" / HISTORY_FILE
+    history = json.loads(history_file.read_text()) if history_file.is_file() else []
+    model = load_model(checkpoint, merge_lora=False)  # the adapters stay apart, to be scaled
+    feeds = _make_feeds(config, load_splits(config), model.encoder, device, progress)
+    module = TrainingModule(model, frozen=False).to(device)
+    return _finish(config, WorkerContext(), model, module, feeds, history, device, progress)
+
+
+def _finish(config: TrainConfig, context: WorkerContext, model, module, feeds, history, device, show) -> TrainResult:
+    """After fitting: WiSE-FT when configured, temperatures, the evaluation of every split, and (main worker) the
+    checkpoint and its report."""
+    settings = config.training
+    wise_ft = None
+    if settings.wise_ft is not None:
+        wise_ft = interpolate(
+            module.encoder.transformer,
+            settings.wise_ft,
+            lambda: _validation_macro_f1(module, feeds, config, device),
+            show,
+        )
     calibration = _calibrate(module, feeds, settings, device) if settings.calibrate else {}
     metrics = _evaluate(module, feeds, config, device)
 
     result = TrainResult(config.output_dir, None, metrics, history)
     if context.is_main:
         module.cpu()
-        result.manifest = _save(config, model, metrics, history, calibration)
+        result.manifest = _save(config, model, metrics, history, calibration, wise_ft)
     return result
 
 
@@ -333,20 +377,23 @@ def _evaluate(module: TrainingModule, feeds, config: TrainConfig, device) -> dic
     }
 
 
-def _save(config: TrainConfig, model: MultiTaskModel, metrics, history, calibration) -> CheckpointManifest:
+def _save(config: TrainConfig, model: MultiTaskModel, metrics, history, calibration, wise_ft) -> CheckpointManifest:
     """Write the checkpoint (weights, manifest with the headline metrics) and its evaluation report."""
     settings = config.training
+    training = portable_training_record(config)
+    if wise_ft is not None:
+        training["wise_ft"] = wise_ft  # the chosen alpha and every alpha's validation scores
     manifest = save_checkpoint(
         model,
         config.output_dir,
         finetune=settings.mode,
         lora=settings.lora if settings.mode is FinetuneMode.lora else None,
-        training=portable_training_record(config),
+        training=training,
         metrics=_summary(metrics),
         calibration=calibration,
     )
     labels = {task.name: task.labels for task in config.model.tasks}
-    write_report(config.output_dir / "report", metrics, labels, history, calibration)
+    write_report(config.output_dir / "report", metrics, labels, history, calibration, wise_ft)
     return manifest
 
 
