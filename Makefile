@@ -25,14 +25,14 @@ SERVE_CONFIG ?= serve_config.local.yaml
 run: setup
 	set -a && . ./serve.env && set +a && $(PY) -m deployments.stale_haproxy && $(VENV)/bin/serve run $(SERVE_CONFIG)
 
-test: setup
+test: setup   # every tier of tests/, slow ones included (what CI runs; README, Tests and benchmarks)
 	$(PY) -m pytest -ra
 
 lint: setup   # what .ci/run checks before the tests
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test-fast: setup
+test-fast: setup   # every tier but the tests marked slow
 	$(PY) -m pytest -ra -m "not slow"
 
 train-default: setup

@@ -38,6 +38,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from loadgen import load_texts
 
+from tests.support.ports import free_port, private_haproxy_env
+
 OVERLAY = ROOT / "configs" / "serve_autoscaling.yaml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "multitask.json"
 RESULTS = ROOT / "bench" / "results"
@@ -46,31 +48,14 @@ DEPLOYMENTS = ["TopicHead", "SentimentHead", "Encoder", "Ingress"]
 SAMPLE_EVERY_S = 0.5
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def serve_environment() -> dict[str, str]:
     """serve.env's settings, with HAProxy's fixed ports and files moved to free ones (another service on this
     machine may hold the defaults), as tests/conftest.py does."""
     from deployments.serve_env import read_serve_env
 
-    haproxy_dir = tempfile.mkdtemp(prefix="hx")  # short: unix socket paths are limited to ~100 characters
     return {
         **read_serve_env(),
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
-        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
-        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
-        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{haproxy_dir}/haproxy.cfg",
-        "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{haproxy_dir}/admin.sock",
-        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{haproxy_dir}/metrics.sock",
-        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": haproxy_dir,
-        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{haproxy_dir}/server-state",
+        **private_haproxy_env(),
         "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"),
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",

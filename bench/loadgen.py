@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import random
-import statistics
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -71,19 +72,19 @@ async def closed_loop(
 
 
 def summarize(latencies: list[float], errors: int, wall: float, concurrency: int, per_request: int) -> dict:
-    ordered = sorted(latencies)
-
-    def pct(q: float) -> float | None:
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 1) if ordered else None
-
+    if latencies:
+        p50, p99 = (round(float(ms), 1) for ms in np.percentile(latencies, [50, 99]) * 1000)
+        mean = round(float(np.mean(latencies)) * 1000, 1)
+    else:
+        p50 = p99 = mean = None
     return {
         "concurrency": concurrency,
         "texts_per_request": per_request,
-        "requests": len(ordered),
+        "requests": len(latencies),
         "errors": errors,
         "wall_s": round(wall, 2),
-        "texts_per_s": round(len(ordered) * per_request / wall, 1),
-        "p50_ms": pct(0.50),
-        "p99_ms": pct(0.99),
-        "mean_ms": round(statistics.fmean(ordered) * 1000, 1) if ordered else None,
+        "texts_per_s": round(len(latencies) * per_request / wall, 1),
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "mean_ms": mean,
     }

@@ -47,7 +47,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -58,6 +57,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from loadgen import closed_loop, load_texts
+
+from tests.support.ports import free_port, private_haproxy_env
 
 RESULTS = ROOT / "bench" / "results"
 INFINITY_VENV = ROOT / ".bench" / "infinity-venv"
@@ -70,12 +71,6 @@ CHECK_TEXTS = [
 ]
 BARE_MAX_BATCH = 32
 GRID = [(c, k) for k in (1, 8) for c in (1, 8, 32)]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def tree_rss_mb(pid: int, include_root: bool = True) -> dict:
@@ -343,12 +338,7 @@ def graph_server(args: argparse.Namespace, encoder: str):
     settings.update(item.partition("=")[::2] for item in args.serve_env)
     os.environ.update(settings)
     if settings.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":  # its fixed ports may be taken by another Ray here
-        import tempfile
-
-        sys.path.insert(0, str(ROOT / "tests"))
-        from ports import private_haproxy_env
-
-        os.environ.update(private_haproxy_env(tempfile.mkdtemp(prefix="hx")))
+        os.environ.update(private_haproxy_env())
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TOKENIZERS_PARALLELISM"] = "false"

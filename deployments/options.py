@@ -1,7 +1,7 @@
 """Every deployment's Serve options, stated once: the code's defaults, which the decorators carry.
 
 They are the CPU-laptop profile, what `serve run graph:app` (or `graph:build_app checkpoint=...`) deploys, and
-serve_config.local.yaml states exactly these values (tests/serving/test_serving_config.py checks it). A config file
+serve_config.local.yaml states exactly these values (tests/unit/test_serve_configs.py checks it). A config file
 overrides them per deployment name; serve_config.yaml states every one of them with the cluster's values, since
 Serve replaces `ray_actor_options`, `autoscaling_config` and `user_config` whole, not key by key.
 """

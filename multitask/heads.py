@@ -1,7 +1,7 @@
 """A task head: `Linear(embedding_dim, hidden) -> ReLU -> Dropout -> Linear(hidden, num_labels)`.
 
 Its tensor names are the checkpoint format's (`multitask/checkpoint/format.py`, `head_shapes`), which the numpy
-head and the checkpoint check read too; tests/test_checkpoint.py keeps the two the same."""
+head and the checkpoint check read too; tests/model/test_checkpoint.py keeps the two the same."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Fixtures shared by every test: the real embedded encoder (all-MiniLM-L6-v2), offline, loaded once per session.
+"""What every tier shares: the environment (offline, serve.env, private HAProxy ports), each test marked with its
+tier (the folder it sits in), the real embedded encoder (all-MiniLM-L6-v2) loaded once per session, and the
+shipped checkpoint's ONNX export made once per session in a temporary cache.
 
 The session encoder and model are read-only: a test that trains, wraps (LoRA) or edits weights asks for
 `fresh_minilm_encoder` instead, its own copy (about half a second to load).
@@ -14,9 +16,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 # Every Ray these tests start serves as `make run` does: with serve.env's settings (HAProxy, throughput-optimized
 # Serve), set before anything imports ray.serve.
-from ports import private_haproxy_env
-
 from deployments.serve_env import read_serve_env
+from tests.support.ports import private_haproxy_env
 
 for _key, _value in read_serve_env().items():
     os.environ.setdefault(_key, _value)
@@ -24,9 +25,11 @@ for _key, _value in read_serve_env().items():
 
 # HAProxy mode uses fixed ports (stats 8404, metrics 9101, Serve's fallback proxy 8500/9500) and files under
 # /tmp/haproxy-serve: give this session's own, so that a service already running here (`make run`) does not collide
-# with the ones the tests start; a test that starts a second Ray meanwhile gives it another set (tests/ports.py).
+# with the ones the tests start; a test that starts a second Ray meanwhile gives it another set (tests/support/ports.py).
 for _key, _value in private_haproxy_env().items():
     os.environ.setdefault(_key, _value)
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -34,6 +37,18 @@ import torch
 from multitask.config import DEFAULT_TASKS, EMBEDDED_ENCODER, ModelConfig
 from multitask.encoder import SentenceEncoder
 from multitask.model import MultiTaskModel
+from tests.support.paths import SHIPPED_CHECKPOINT
+
+TESTS = Path(__file__).resolve().parent
+TIERS = ("unit", "model", "graph", "local_ray")
+"""Folders whose tests get their folder's marker (pyproject.toml describes each): `pytest -m "unit or model"`."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        tier = item.path.relative_to(TESTS).parts[0]
+        if tier in TIERS:
+            item.add_marker(tier)
 
 
 @pytest.fixture(scope="session")
@@ -61,3 +76,14 @@ def fresh_minilm_encoder(minilm_config: ModelConfig) -> SentenceEncoder:
     """A private copy of the embedded encoder that a test may wrap, train or edit."""
     torch.manual_seed(0)
     return SentenceEncoder.load(minilm_config).eval()
+
+
+@pytest.fixture(scope="session")
+def shipped_onnx_cache(tmp_path_factory) -> Path:
+    """An ONNX cache that already holds the shipped checkpoint's export, as on a machine that served it once; the
+    tiers that deploy the shipped checkpoint use it, so that nothing is exported into the user's ~/.cache."""
+    from multitask.runtime.onnx_cache import ensure_export
+
+    directory = tmp_path_factory.mktemp("shipped-onnx")
+    ensure_export(SHIPPED_CHECKPOINT, directory)
+    return directory

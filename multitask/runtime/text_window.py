@@ -8,7 +8,7 @@ window (`CHARS_PER_TOKEN` characters per token, ending at a word boundary), and 
 Exact, not approximate: a prefix that ends between words tokenizes to the same leading tokens as the whole text,
 and when it overflows the window, so does the whole text. Only when the prefix does *not* fill the window
 (pathological text: mostly whitespace, very long "words") is the whole text tokenized instead. Token ids and
-truncation flags are therefore those of the whole text in every case (tests/test_text_window.py checks this).
+truncation flags are therefore those of the whole text in every case (tests/model/test_text_window.py checks this).
 """
 
 from __future__ import annotations

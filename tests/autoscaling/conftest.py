@@ -1,6 +1,6 @@
 """The graph of configs/serve_autoscaling.yaml (heads that scale 1-3 within seconds), on its own local Ray.
 
-Its own Ray and Serve, as tests/reliability has, since the config differs from tests/serving's; 2 logical CPUs,
+Its own Ray and Serve, as tests/reliability has, since the config differs from tests/graph's; 2 logical CPUs,
 as on the laptop the config is made for (its maximum, Encoder 1 + Ingress 0.25 + 6 head replicas x 0.1, fits).
 """
 
@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import requests
-from graph_under_test import APP_NAME, graph_under_test
 
 from deployments.config_overlay import overlaid_config, write_overlaid
+from tests.support.graph_under_test import APP_NAME, graph_under_test
+from tests.support.paths import ROOT, SHIPPED_CHECKPOINT
 
-ROOT = Path(__file__).resolve().parents[2]
 OVERLAY = ROOT / "configs" / "serve_autoscaling.yaml"
 
 
@@ -40,13 +40,17 @@ def answers_topic(url: str) -> bool:
 
 
 @pytest.fixture(scope="package")
-def autoscaled(tmp_path_factory) -> Autoscaled:
+def autoscaled(tmp_path_factory, shipped_onnx_cache: Path) -> Autoscaled:
     config = write_overlaid(OVERLAY, tmp_path_factory.mktemp("autoscaling") / "serve_autoscaling.yaml")
     (application,) = overlaid_config(OVERLAY)["applications"]
     minimum = {d["name"]: d["autoscaling_config"]["min_replicas"] for d in application["deployments"]}
     # 2 CPUs, as on the laptop the config is made for. Ready when HTTP reaches the graph; not through /healthz, whose
     # pings of every head would count as traffic to SentimentHead too (this config scales a head on any call in flight)
     with graph_under_test(
-        config, num_cpus=2, ready=answers_topic, checkpoint=str(ROOT / "checkpoints" / "default")
+        config,
+        num_cpus=2,
+        ready=answers_topic,
+        checkpoint=str(SHIPPED_CHECKPOINT),
+        onnx_cache_dir=str(shipped_onnx_cache),
     ) as url:
         yield Autoscaled(url, minimum)

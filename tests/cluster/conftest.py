@@ -25,9 +25,10 @@ from pathlib import Path
 
 import pytest
 import requests
-from ports import free_port, haproxy_ports
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.paths import ROOT
+from tests.support.ports import free_port, haproxy_ports
+
 CLUSTER_CONFIG = ROOT / "serve_config.yaml"
 SERVE = str(Path(sys.executable).with_name("serve"))
 GIB = 1024**3

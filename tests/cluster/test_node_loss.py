@@ -12,7 +12,8 @@ from collections import Counter
 
 import pytest
 import yaml
-from load import Load, Outcome, assert_every_request_answered, errors_stopped_after
+
+from tests.support.load import Load, Outcome, assert_every_request_answered, errors_stopped_after
 
 from .conftest import CLUSTER_CONFIG, ServedCluster
 

@@ -28,15 +28,14 @@ import psutil
 import pytest
 import requests
 import yaml
-from ports import free_port, private_haproxy_env
 
 from deployments.stale_haproxy import StaleHAProxySettings, find_stale_haproxies
-
-from .conftest import LOCAL_CONFIG, ROOT
+from tests.support.paths import LOCAL_CONFIG, ROOT
+from tests.support.ports import free_port, private_haproxy_env
 
 pytestmark = pytest.mark.slow
 
-HEALTHY_WITHIN_S = 150  # a start on 2 busy cores takes 25-40 s; the ONNX export is cached by earlier tests or runs
+HEALTHY_WITHIN_S = 150  # a start on 2 busy cores takes 25-40 s (the ONNX export made before, in the session's cache)
 STOPPED_WITHIN_S = 60  # Ctrl-C: Serve drains (5 s, serve.env) and Ray shuts down
 
 
@@ -45,12 +44,14 @@ class MakeRun:
     """`make run` with private ports and files; each start is a new session, so its processes are findable."""
 
     work_dir: Path
+    onnx_cache: Path  # the export of the shipped checkpoint, made before: as on a machine that ran it once
     sessions: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         config = yaml.safe_load(LOCAL_CONFIG.read_text())
         self.port = free_port()
         config["http_options"]["port"] = self.port
+        config["applications"][0]["args"]["onnx_cache_dir"] = str(self.onnx_cache)
         self.config = self.work_dir / "serve_config.yaml"
         self.config.write_text(yaml.safe_dump(config))
         haproxy_dir = self.work_dir / "hx"
@@ -159,10 +160,10 @@ def port_in_use(port: int) -> bool:
 
 
 @pytest.fixture
-def make_run() -> Iterator[MakeRun]:
+def make_run(shipped_onnx_cache: Path) -> Iterator[MakeRun]:
     # short: Ray's and HAProxy's unix sockets live under it (at most 107 characters)
     work_dir = Path(tempfile.mkdtemp(prefix="cr"))
-    service = MakeRun(work_dir)
+    service = MakeRun(work_dir, shipped_onnx_cache)
     try:
         yield service
     finally:

@@ -12,8 +12,9 @@ import numpy as np
 import psutil
 import pytest
 import requests
-from graph_under_test import APP_NAME
-from load import Load, assert_every_request_answered, errors_stopped_after
+
+from tests.support.graph_under_test import APP_NAME
+from tests.support.load import Load, assert_every_request_answered, errors_stopped_after
 
 from .conftest import MAX_INFLIGHT, REQUEST_TIMEOUT_S
 

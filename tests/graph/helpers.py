@@ -1,0 +1,33 @@
+"""Shared helpers of the graph tests (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from tests.support.paths import SHARED_DATA
+
+METRICS = {"topic": {"test": {"accuracy": 0.5, "macro_f1": 0.4}}, "sentiment": {"test": {"accuracy": 0.6}}}
+
+
+def sample_texts(count: int) -> list[str]:
+    """Real sentences from the shared data sets (topic and sentiment test splits, interleaved)."""
+    texts: list[str] = []
+    files = [SHARED_DATA / "topic" / "test.jsonl", SHARED_DATA / "sentiment" / "test.jsonl"]
+    lines = [path.read_text().splitlines()[: count // 2 + 1] for path in files if path.is_file()]
+    for pair in zip(*lines):
+        texts.extend(json.loads(line)["text"] for line in pair)
+    fallback = [f"Sentence number {i} about markets, music and football." for i in range(count)]
+    return (texts + fallback)[:count]
+
+
+def assert_matches_model(got: dict, want: dict, tasks: list[str], atol: float = 1e-4) -> None:
+    """A service result equals the in-process `MultiTaskModel.predict` result for these tasks."""
+    for task in tasks:
+        assert list(got[task]["scores"]) == list(want[task]["scores"])  # same labels, same order
+        assert np.allclose(list(got[task]["scores"].values()), list(want[task]["scores"].values()), atol=atol)
+        assert abs(got[task]["confidence"] - want[task]["confidence"]) <= atol
+        scores = sorted(want[task]["scores"].values(), reverse=True)
+        if scores[0] - scores[1] > 2 * atol:  # a near-tie may flip within tolerance
+            assert got[task]["label"] == want[task]["label"]

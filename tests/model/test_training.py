@@ -1,0 +1,84 @@
+"""Single-process training: a tiny separable task is learned, the frozen-mode cache is reused, bad configs are named."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from multitask.checkpoint.load import load_model
+from multitask.cli import main
+from multitask.encoder import SentenceEncoder
+from multitask.errors import MultitaskError
+from multitask.training.config import TrainConfig, load_train_config
+from multitask.training.trainer import train
+from tests.support.tiny_tasks import SENTIMENT_PROBES, TOPIC_PROBES, tiny_config_dict
+
+
+@pytest.fixture(scope="module")
+def frozen_run(tmp_path_factory):
+    """One frozen-encoder training run on the tiny tasks: (config, result)."""
+    config = TrainConfig.model_validate(tiny_config_dict(tmp_path_factory.mktemp("frozen"), mode="frozen"))
+    return config, train(config, progress=False)
+
+
+def test_tiny_training_learns_a_separable_task(frozen_run):
+    config, result = frozen_run
+    for task in ("topic", "sentiment"):
+        assert result.metrics[task]["validation"]["macro_f1"] >= 0.9, result.metrics[task]["validation"]
+    assert result.history and result.history[0]["epoch"] == 1
+    assert (config.output_dir / "report" / "metrics.json").is_file()
+
+    model = load_model(config.output_dir)
+    assert [r["topic"]["label"] for r in model.predict(list(TOPIC_PROBES.values()), tasks=["topic"])] == list(
+        TOPIC_PROBES
+    )
+    assert [r["sentiment"]["label"] for r in model.predict(list(SENTIMENT_PROBES.values()))] == list(SENTIMENT_PROBES)
+
+
+def test_frozen_mode_writes_the_embedding_cache_and_reuses_it(frozen_run, monkeypatch):
+    config, first = frozen_run
+    cache_dir = config.training.frozen_cache_dir
+    entries = sorted(cache_dir.glob("*.safetensors"))
+    assert len(entries) == 4  # train + validation of two tasks
+    assert not list(cache_dir.glob("*.tmp"))
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("frozen mode re-encoded texts although the cache holds them")
+
+    monkeypatch.setattr(SentenceEncoder, "pool", no_encoding)
+    again = train(config.model_copy(update={"output_dir": config.output_dir.parent / "again"}), progress=False)
+    assert sorted(cache_dir.glob("*.safetensors")) == entries
+    assert again.metrics["topic"]["validation"]["macro_f1"] == pytest.approx(
+        first.metrics["topic"]["validation"]["macro_f1"]
+    )  # same seed, same cached inputs: same result
+
+
+@pytest.mark.parametrize(
+    ("training", "field"),
+    [
+        ({"epochs": 0}, "training.epochs"),
+        ({"mode": "half"}, "training.mode"),
+        ({"epoch": 3}, "training.epoch"),  # a typo is refused, not silently ignored
+    ],
+)
+def test_bad_yaml_config_names_the_field(tmp_path, capsys, training, field):
+    raw = tiny_config_dict(tmp_path)
+    raw["training"].update(training)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+
+    with pytest.raises(MultitaskError) as caught:
+        load_train_config(path)
+    assert field in str(caught.value) and str(path) in str(caught.value)
+
+    assert main(["train", "--config", str(path)]) == 2
+    assert field in capsys.readouterr().err
+
+
+def test_unparsable_yaml_and_missing_file_are_clear_errors(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("model: [unclosed\n")
+    with pytest.raises(MultitaskError, match="not valid YAML"):
+        load_train_config(path)
+    with pytest.raises(MultitaskError, match="not found"):
+        load_train_config(tmp_path / "missing.yaml")

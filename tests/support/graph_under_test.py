@@ -1,0 +1,96 @@
+"""Deploy the real graph of a Serve config file on a Ray of this test process's own, the way every folder of real
+graph tests does (tests/graph, tests/reliability, tests/autoscaling, tests/local_ray):
+
+    config = local_config_with(tmp_path / "serve.yaml", ingress={"request_timeout_s": 8.0})
+    with graph_under_test(config, num_cpus=3, checkpoint=str(ckpt)) as url:
+        GraphClient(url).post("/v1/predict", json={"texts": ["Hello."]})
+
+A local Ray (`address="local"`: never another Ray running on this machine; no dashboard; token auth off), the
+file's application with `args` overridden by keyword, Serve's HTTP on a free port of 127.0.0.1, and the URL yielded
+once `ready(url)` holds (within 60 s); Serve and Ray are shut down afterwards, whatever happened.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+import yaml
+
+from graph import APP_NAME, app_from_config  # after the root conftest.py applied serve.env
+from tests.support.paths import LOCAL_CONFIG
+from tests.support.ports import free_port
+
+READY_WITHIN_S = 60
+
+
+@dataclass
+class GraphClient:
+    """HTTP calls to a deployed graph, with `headers` on each (a bearer token where auth is on)."""
+
+    url: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def post(self, path: str, timeout: float = 60, headers: dict | None = None, **kwargs) -> requests.Response:
+        return requests.post(self.url + path, headers={**self.headers, **(headers or {})}, timeout=timeout, **kwargs)
+
+    def get(self, path: str, timeout: float = 60, headers: dict | None = None, **kwargs) -> requests.Response:
+        return requests.get(self.url + path, headers={**self.headers, **(headers or {})}, timeout=timeout, **kwargs)
+
+    def wait_healthy(self, within_s: float = 60) -> None:
+        deadline = time.monotonic() + within_s
+        while not healthz_ok(self.url, self.headers):
+            assert time.monotonic() < deadline, f"/healthz not 200 within {within_s} s"
+            time.sleep(0.5)
+
+
+def local_config_with(path: Path, ingress: dict | None = None, others: dict | None = None) -> Path:
+    """serve_config.local.yaml with the Ingress's `user_config` keys in `ingress` changed and the options in `others`
+    set on every other deployment, written to `path`."""
+    config = yaml.safe_load(LOCAL_CONFIG.read_text())
+    (application,) = config["applications"]
+    for deployment in application["deployments"]:
+        if deployment["name"] == "Ingress":
+            deployment["user_config"].update(ingress or {})
+        else:
+            deployment.update(others or {})
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def healthz_ok(url: str, headers: dict | None = None) -> bool:
+    try:
+        return requests.get(url + "/healthz", headers=headers, timeout=10).status_code == 200
+    except requests.RequestException:  # not listening yet, or the app not routable yet
+        return False
+
+
+@contextmanager
+def graph_under_test(
+    config: str | Path, num_cpus: float, ready: Callable[[str], bool] = healthz_ok, **args: str
+) -> Iterator[str]:
+    import ray
+    from ray import serve
+
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # Ray >= 2.5x enables token auth by default
+    assert not ray.is_initialized(), "these tests need a Ray of their own; another test left one running"
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        app, http_options = app_from_config(config, **args)
+        port = free_port()
+        serve.start(http_options={**http_options, "host": "127.0.0.1", "port": port})
+        serve.run(app, name=APP_NAME, route_prefix="/")
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + READY_WITHIN_S
+        while not ready(url):  # serve.run returns once replicas run; be sure the graph answers
+            assert time.monotonic() < deadline, f"graph deployed but not ready within {READY_WITHIN_S} s"
+            time.sleep(0.5)
+        yield url
+    finally:
+        serve.shutdown()
+        ray.shutdown()
