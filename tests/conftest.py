@@ -85,5 +85,5 @@ def shipped_onnx_cache(tmp_path_factory) -> Path:
     from multitask.runtime.onnx_cache import ensure_export
 
     directory = tmp_path_factory.mktemp("shipped-onnx")
-    ensure_export(SHIPPED_CHECKPOINT, directory)
+    ensure_export(SHIPPED_CHECKPOINT, directory, precision="int8")  # the local config's runtime: onnx-int8
     return directory

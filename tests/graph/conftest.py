@@ -35,6 +35,11 @@ def reference_model(checkpoint_dir: Path) -> MultiTaskModel:
     return load_model(checkpoint_dir)
 
 
+RUNTIME = "onnx"
+"""The float32 encoder: the tests here compare the service with the in-process torch model within 1e-4, closer than
+the local config's int8 encoder comes (tests/graph/test_onnx_int8.py checks int8 against float32)."""
+
+
 @dataclass(kw_only=True)
 class Service(GraphClient):
     checkpoint: Path
@@ -50,7 +55,9 @@ class Service(GraphClient):
 
         with tempfile.TemporaryDirectory() as directory:
             changed = local_config_with(Path(directory) / "serve_config.yaml", ingress=ingress_user_config)
-            app, _ = app_from_config(changed, checkpoint=str(self.checkpoint), onnx_cache_dir=str(self.onnx_cache))
+            app, _ = app_from_config(
+                changed, checkpoint=str(self.checkpoint), runtime=RUNTIME, onnx_cache_dir=str(self.onnx_cache)
+            )
         serve.run(app, name=APP_NAME, route_prefix="/")
 
 
@@ -62,7 +69,7 @@ def service(checkpoint_dir: Path, tmp_path_factory) -> Service:
     onnx_cache = tmp_path_factory.mktemp("onnx-cache")
     # the local config asks for 1.75 CPUs; one more leaves room for the second application of the handle tests
     with graph_under_test(
-        LOCAL_CONFIG, num_cpus=3, checkpoint=str(checkpoint_dir), onnx_cache_dir=str(onnx_cache)
+        LOCAL_CONFIG, num_cpus=3, checkpoint=str(checkpoint_dir), runtime=RUNTIME, onnx_cache_dir=str(onnx_cache)
     ) as url:
         yield Service(
             url,

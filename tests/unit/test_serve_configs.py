@@ -142,7 +142,7 @@ def test_local_config_fits_two_cpus_with_the_embedded_default():
         "checkpoint": "checkpoints/default",
         "device": "cpu",
         "dtype": "float32",
-        "runtime": "onnx",
+        "runtime": "onnx-int8",
         "onnx_cache_dir": None,
         "checkpoint_cache_dir": None,
     }
