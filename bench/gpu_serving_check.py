@@ -21,9 +21,11 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import BertConfig, BertModel
+from transformers import BertModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from gpu_check import bge_large_config
+
 from multitask.checkpoint.load import load_head, save_checkpoint
 from multitask.config import DEFAULT_TASKS, ModelConfig
 from multitask.encoder import SentenceEncoder
@@ -52,15 +54,7 @@ def tokenizer_dir(explicit: str | None) -> Path:
 
 def make_checkpoint(root: Path, layers: int, tokenizer: Path) -> Path:
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=1024,
-        num_hidden_layers=layers,
-        num_attention_heads=16,
-        intermediate_size=4096,
-        max_position_embeddings=512,
-        type_vocab_size=2,
-    )
+    config = bge_large_config(layers)
     encoder_dir = root / "bge-large-shaped"
     BertModel(config, add_pooling_layer=False).save_pretrained(encoder_dir, safe_serialization=True)
     for name in TOKENIZER_FILES:

@@ -20,6 +20,7 @@ import requests
 import yaml
 from ray.util.state import list_actors
 
+from deployments.stale_haproxy import StaleHAProxySettings, stop_stale_haproxies
 from tests.support.paths import ROOT
 from tests.support.ports import free_port, private_haproxy_env
 
@@ -75,7 +76,7 @@ def test_serve_run_starts_the_local_config_and_answers(checkpoint_dir, tmp_path)
                 time.sleep(1)
         _check_user_config_update_needs_no_restart(config, tmp_path, url, env)
     finally:
-        _stop(process)
+        _stop(process, env)
         log.close()
 
 
@@ -121,8 +122,10 @@ def _replica_actor_ids(dashboard: str) -> set[str]:
     return {actor.actor_id for actor in actors if actor.class_name.startswith("ServeReplica:multitask:")}
 
 
-def _stop(process: subprocess.Popen) -> None:
-    """Ctrl-C to `serve run` (it shuts Serve and its Ray down), then kill its process group if it lingers."""
+def _stop(process: subprocess.Popen, env: dict[str, str]) -> None:
+    """Ctrl-C to `serve run` (it shuts Serve and its Ray down), then kill its process group if it lingers, then
+    stop its HAProxy if it outlived them: HAProxy leaves the process group, and a `serve run` that did not finish
+    its shutdown in time (a loaded machine) leaves it holding the port."""
     if process.poll() is None:
         os.kill(process.pid, signal.SIGINT)
         try:
@@ -134,6 +137,7 @@ def _stop(process: subprocess.Popen) -> None:
     except ProcessLookupError:
         pass
     process.wait()
+    stop_stale_haproxies(StaleHAProxySettings.from_environ(env))  # only this test's private HAProxy files
 
 
 def _tail(path: Path, chars: int = 4000) -> str:
