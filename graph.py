@@ -12,7 +12,7 @@ give it its own entry in the config files.
 # no `from __future__ import annotations`: Serve reads build_app's annotation to validate `args` into GraphArgs
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -23,6 +23,7 @@ from deployments.encoder import Encoder
 from deployments.head import TaskHeadDeployment, head_deployment_name
 from deployments.ingress import Ingress
 from multitask.checkpoint.check import check_checkpoint
+from multitask.runtime.select import Device, Dtype, Runtime
 from multitask.storage import locate_checkpoint
 
 APP_NAME = "multitask"
@@ -43,11 +44,9 @@ class GraphArgs(BaseModel):
         description="Where replicas keep checkpoints fetched from URIs, one folder per content digest; default "
         "~/.cache/multitask/checkpoints of the replica's node.",
     )
-    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Encoder device; auto = GPU if given.")
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
-        default="auto", description="Encoder dtype; auto = bf16/fp16 on GPU, fp32 on CPU."
-    )
-    runtime: Literal["auto", "onnx", "onnx-int8", "torch"] = Field(
+    device: Device = Field(default="auto", description="Encoder device; auto = GPU if given.")
+    dtype: Dtype = Field(default="auto", description="Encoder dtype; auto = bf16/fp16 on GPU, fp32 on CPU.")
+    runtime: Runtime = Field(
         default="auto",
         description="Encoder runtime; auto = onnx (onnxruntime, exported from the checkpoint on first start) on CPU "
         "in float32, torch otherwise; onnx-int8 = that export quantized to int8 by onnxruntime (CPU only, ~2x the "
