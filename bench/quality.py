@@ -208,9 +208,14 @@ def load_eval_sets(
 
 
 def checkpoint_budget(manifest) -> str:
-    """How a checkpoint was trained, for the table: mode, epochs x steps, and the WiSE-FT alpha if any."""
+    """How a checkpoint was trained, for the table: mode, epochs x steps, task sampling, and the WiSE-FT alpha if
+    any."""
     training = manifest.training.get("training", {})
+    sampling = training.get("sampling")
+    if sampling == "temperature":
+        sampling = f"T={training.get('sampling_temperature')}"
     label = f"{manifest.encoder.finetune.value} {training.get('epochs')}x{training.get('steps_per_epoch')}"
+    label += f", {sampling} sampling" if sampling else ""
     wise_ft = manifest.training.get("wise_ft")
     return label + (f" + WiSE-FT alpha {wise_ft['alpha']}" if wise_ft else "")
 
