@@ -1,7 +1,7 @@
 """The graph of configs/serve_autoscaling.yaml (heads that scale 1-3 within seconds), on its own local Ray.
 
 Its own Ray and Serve, as tests/reliability has, since the config differs from tests/graph's; 2 logical CPUs,
-as on the laptop the config is made for (its maximum, Encoder 1 + Ingress 0.25 + 6 head replicas x 0.1, fits).
+as on the laptop the config is made for (its maximum, Encoder 2 x 0.5 + Ingress 0.25 + 6 head replicas x 0.1, fits).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The real serving graph, deployed once for every test in tests/graph/ and torn down after them.
 
 A local Ray (no dashboard, token auth off), Serve's HTTP proxy on a free port of 127.0.0.1, and the application
-of serve_config.local.yaml (every deployment option of the file) on a temporary checkpoint: the real embedded
-encoder with seeded, untrained heads (so the tests do not depend on training), plus evaluation metrics to report.
+of serve_config.local.yaml (every deployment option of the file, but one Encoder replica) on a temporary
+checkpoint: the real embedded encoder with seeded, untrained heads (so the tests do not depend on training), plus
+evaluation metrics to report.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from graph import APP_NAME
 from multitask.checkpoint.load import load_model, save_checkpoint
@@ -35,6 +37,20 @@ def reference_model(checkpoint_dir: Path) -> MultiTaskModel:
     return load_model(checkpoint_dir)
 
 
+_LOCAL_ENCODER = next(
+    d for d in yaml.safe_load(LOCAL_CONFIG.read_text())["applications"][0]["deployments"] if d["name"] == "Encoder"
+)
+ONE_ENCODER = {
+    "autoscaling_config": {
+        **_LOCAL_ENCODER["autoscaling_config"],
+        "min_replicas": 1,
+        "initial_replicas": 1,
+        "max_replicas": 1,
+    }
+}
+"""The local config's Encoder, one replica instead of one per core: the batching tests read `Encoder.stats`, which
+is one replica's (tests/graph/test_serve_run.py serves the file's two)."""
+
 RUNTIME = "onnx"
 """The float32 encoder: the tests here compare the service with the in-process torch model within 1e-4, closer than
 the local config's int8 encoder comes (tests/graph/test_onnx_int8.py checks int8 against float32)."""
@@ -54,7 +70,9 @@ class Service(GraphClient):
         from graph import app_from_config
 
         with tempfile.TemporaryDirectory() as directory:
-            changed = local_config_with(Path(directory) / "serve_config.yaml", ingress=ingress_user_config)
+            changed = local_config_with(
+                Path(directory) / "serve_config.yaml", ingress=ingress_user_config, encoder=ONE_ENCODER
+            )
             app, _ = app_from_config(
                 changed, checkpoint=str(self.checkpoint), runtime=RUNTIME, onnx_cache_dir=str(self.onnx_cache)
             )
@@ -68,8 +86,9 @@ def service(checkpoint_dir: Path, tmp_path_factory) -> Service:
     # a fresh ONNX cache: the Encoder exports this checkpoint on start, as on a user's first run
     onnx_cache = tmp_path_factory.mktemp("onnx-cache")
     # the local config asks for 1.75 CPUs; one more leaves room for the second application of the handle tests
+    config = local_config_with(tmp_path_factory.mktemp("config") / "serve_config.yaml", encoder=ONE_ENCODER)
     with graph_under_test(
-        LOCAL_CONFIG, num_cpus=3, checkpoint=str(checkpoint_dir), runtime=RUNTIME, onnx_cache_dir=str(onnx_cache)
+        config, num_cpus=3, checkpoint=str(checkpoint_dir), runtime=RUNTIME, onnx_cache_dir=str(onnx_cache)
     ) as url:
         yield Service(
             url,

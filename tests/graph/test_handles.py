@@ -55,11 +55,11 @@ def test_the_local_config_reaches_the_replicas(service):
     info = serve.get_deployment_handle("Encoder", app_name=APP_NAME).info.remote().result()
     assert (info["device"], info["dtype"], info["runtime"]) == ("cpu", "float32", "onnx")
     assert info["settings"] == {
-        "max_batch_size": 32,
-        "max_batch_tokens": 4096,
-        "threads": 2,
+        "max_batch_size": 4,
+        "max_batch_tokens": 512,
+        "threads": 1,
     }
-    assert info["threads"] == 2  # set from user_config, although Ray set OMP_NUM_THREADS=1
+    assert info["threads"] == 1  # set from user_config
     assert info["fingerprint"] == serve.get_app_handle(APP_NAME).tasks.remote().result()["model"]["fingerprint"]
 
 

@@ -86,11 +86,13 @@ def _check_user_config_update_needs_no_restart(config: dict, tmp_path: Path, url
     assert match, "serve run started no dashboard, which `serve deploy` needs"
     dashboard = match.group(1)
     replicas_before = _replica_actor_ids(dashboard)
-    assert len(replicas_before) == 4, replicas_before
-
     deployments = {d["name"]: d for d in config["applications"][0]["deployments"]}
+    # Ingress, two Encoders (one per core), a replica per head
+    expected = sum(d["autoscaling_config"]["initial_replicas"] for d in deployments.values())
+    assert len(replicas_before) == expected == 5, replicas_before
+
     deployments["Ingress"]["user_config"]["max_texts_per_request"] = 2
-    deployments["Encoder"]["user_config"]["max_batch_size"] = 4
+    deployments["Encoder"]["user_config"]["max_batch_size"] = 8
     updated = tmp_path / "serve_config.updated.yaml"
     updated.write_text(yaml.safe_dump(config))
     serve_cli = Path(sys.executable).with_name("serve")

@@ -49,9 +49,11 @@ class GraphClient:
             time.sleep(0.5)
 
 
-def local_config_with(path: Path, ingress: dict | None = None, others: dict | None = None) -> Path:
-    """serve_config.local.yaml with the Ingress's `user_config` keys in `ingress` changed and the options in `others`
-    set on every other deployment, written to `path`."""
+def local_config_with(
+    path: Path, ingress: dict | None = None, others: dict | None = None, encoder: dict | None = None
+) -> Path:
+    """serve_config.local.yaml with the Ingress's `user_config` keys in `ingress` changed, the options in `others`
+    set on every other deployment and those in `encoder` on the Encoder, written to `path`."""
     config = yaml.safe_load(LOCAL_CONFIG.read_text())
     (application,) = config["applications"]
     for deployment in application["deployments"]:
@@ -59,6 +61,8 @@ def local_config_with(path: Path, ingress: dict | None = None, others: dict | No
             deployment["user_config"].update(ingress or {})
         else:
             deployment.update(others or {})
+        if deployment["name"] == "Encoder":
+            deployment.update(encoder or {})
     path.write_text(yaml.safe_dump(config))
     return path
 
