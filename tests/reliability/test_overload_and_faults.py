@@ -71,6 +71,19 @@ def _replica_names(deployment: str) -> list[str]:
     return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix))
 
 
+def _running_replicas(deployment: str) -> int:
+    from ray import serve
+
+    return serve.status().applications[APP_NAME].deployments[deployment].replica_states.get("RUNNING", 0)
+
+
+def _replaced(deployment: str, victim: str, count: int) -> bool:
+    """The killed replica is gone and `count` replicas run again (Serve counts a dead replica as running until its
+    health check fails)."""
+    names = _replica_names(deployment)
+    return victim not in names and len(names) == count and _running_replicas(deployment) == count
+
+
 @pytest.mark.parametrize("deployment", ["Encoder", "TopicHead"])
 def test_a_killed_replica_is_replaced_and_service_recovers_within_30_s(deployed, deployment):
     import ray
@@ -99,10 +112,13 @@ def test_a_killed_replica_is_replaced_and_service_recovers_within_30_s(deployed,
     failures = [o for o in after if o.status != 200]
     recovery_s = errors_stopped_after(outcomes, killed_at[0])
     assert recovery_s < 30, f"answering normally only {recovery_s:.1f} s after the kill"
-    replaced_by = time.monotonic() + 30  # with a second Encoder replica answering, errors may stop before that
-    while len(replacement := _replica_names(deployment)) < len(before) and time.monotonic() < replaced_by:
+    # with a second Encoder replica answering, errors may stop before Serve even notices the death (its health
+    # check, every 10 s): wait for the replacement to run, so that the next test starts from a settled graph
+    replaced_by = time.monotonic() + 60
+    while not _replaced(deployment, victim, len(before)) and time.monotonic() < replaced_by:
         time.sleep(0.5)
-    assert len(replacement) == len(before) and victim not in replacement, (victim, replacement)
+    replacement = _replica_names(deployment)
+    assert _replaced(deployment, victim, len(before)), (victim, replacement, _running_replicas(deployment))
     deployed.wait_healthy(within_s=30)
     print(
         f"\n[fault] killed {deployment} replica under load (6 clients): {len(after)} requests after the kill, "
