@@ -64,7 +64,7 @@ DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
     ),
     # one single-threaded replica per core, each running passes of at most 4 texts: on 2 cores that serves 1.8x
     # (1 text per request) to 2.3x (8 texts) the texts/s of one 2-thread replica with passes of 32 (README,
-    # Performance: a second intra-op thread costs ~1.7x the CPU per text, and longer passes pad more)
+    # Performance: a second intra-op thread costs 1.6x the CPU per text, and longer passes pad more)
     "Encoder": _options(
         num_cpus=0.5,
         memory_mib=2048,

@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 
+from deployments.options import DEFAULT_OPTIONS
 from graph import APP_NAME
 from multitask.checkpoint.load import load_model, save_checkpoint
 from multitask.model import MultiTaskModel
 from tests.support.graph_under_test import GraphClient, graph_under_test, local_config_with
-from tests.support.paths import LOCAL_CONFIG
 
 from .helpers import METRICS
 
@@ -37,12 +36,9 @@ def reference_model(checkpoint_dir: Path) -> MultiTaskModel:
     return load_model(checkpoint_dir)
 
 
-_LOCAL_ENCODER = next(
-    d for d in yaml.safe_load(LOCAL_CONFIG.read_text())["applications"][0]["deployments"] if d["name"] == "Encoder"
-)
 ONE_ENCODER = {
     "autoscaling_config": {
-        **_LOCAL_ENCODER["autoscaling_config"],
+        **DEFAULT_OPTIONS["Encoder"]["autoscaling_config"],  # = the local config's (tests/unit/test_serve_configs.py)
         "min_replicas": 1,
         "initial_replicas": 1,
         "max_replicas": 1,

@@ -115,10 +115,9 @@ def test_a_killed_replica_is_replaced_and_service_recovers_within_30_s(deployed,
     # with a second Encoder replica answering, errors may stop before Serve even notices the death (its health
     # check, every 10 s): wait for the replacement to run, so that the next test starts from a settled graph
     replaced_by = time.monotonic() + 60
-    while not _replaced(deployment, victim, len(before)) and time.monotonic() < replaced_by:
+    while not (replaced := _replaced(deployment, victim, len(before))) and time.monotonic() < replaced_by:
         time.sleep(0.5)
-    replacement = _replica_names(deployment)
-    assert _replaced(deployment, victim, len(before)), (victim, replacement, _running_replicas(deployment))
+    assert replaced, (victim, _replica_names(deployment), _running_replicas(deployment))
     deployed.wait_healthy(within_s=30)
     print(
         f"\n[fault] killed {deployment} replica under load (6 clients): {len(after)} requests after the kill, "
