@@ -4,7 +4,6 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
-export RAY_AUTH_MODE := disabled
 export TOKENIZERS_PARALLELISM := false
 
 .PHONY: setup run test test-fast lint train-default bench-quality bench-serving
@@ -18,12 +17,17 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-# serve.env: Ray Serve settings of the Ray that `serve run` starts (HAProxy, throughput-optimized); stale_haproxy first
+# serve.env: Ray Serve settings of the Ray that `serve run` starts (HAProxy, throughput-optimized, Ray's token auth:
+# the new local Ray uses RAY_AUTH_TOKEN or ~/.ray/auth_token, generated there if missing); stale_haproxy first
 # stops an HAProxy that a crashed Ray left holding the ports (README, Run it locally). `make run SERVE_CONFIG=...`
 # serves another config.
 SERVE_CONFIG ?= serve_config.local.yaml
 run: setup
-	set -a && . ./serve.env && set +a && $(PY) -m deployments.stale_haproxy && $(VENV)/bin/serve run $(SERVE_CONFIG)
+	set -a && . ./serve.env && set +a && $(PY) -m operations.stale_haproxy && $(VENV)/bin/serve run $(SERVE_CONFIG)
+
+# The tests' own local Rays (127.0.0.1, no dashboard) run without Ray's token auth, so that they never write a token
+# into ~/.ray; the tests of token auth (tests/cluster, tests/graph/test_serve_run.py) turn it on with their own token.
+test test-fast: export RAY_AUTH_MODE := disabled
 
 test: setup   # every tier of tests/, slow ones included (what CI runs; README, Tests and benchmarks)
 	$(PY) -m pytest -ra
@@ -36,10 +40,15 @@ test-fast: setup   # every tier but the tests marked slow
 	$(PY) -m pytest -ra -m "not slow"
 
 train-default: setup
-	$(VENV)/bin/multitask train --config configs/default.yaml
+	$(VENV)/bin/multitask train --config configs/default.yaml --overwrite   # rebuilds the tracked checkpoints/default
 
 bench-quality: setup
 	$(PY) bench/quality.py
 
-bench-serving: setup   # bare model vs the Serve graph (HTTP, handles) vs Infinity (torch and ONNX engines); ~20 min -> bench/results/serving_bench.*
-	$(PY) bench/serving_bench.py --readme
+INFINITY_VENV := .bench/infinity-venv
+$(INFINITY_VENV)/.installed: bench/setup_peers.sh   # the peer the serving benchmark measures against
+	bash bench/setup_peers.sh $(INFINITY_VENV)
+	touch $@
+
+bench-serving: setup $(INFINITY_VENV)/.installed   # bare model vs the Serve graph (HTTP, handles) vs Infinity (torch and ONNX engines); ~20 min -> bench/results/serving_bench.*
+	$(PY) bench/serving_bench.py --docs

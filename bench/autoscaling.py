@@ -1,14 +1,16 @@
-"""Separate autoscaling of the task heads, shown: a topic-only load, then a sentiment-only load, then nothing.
+"""Separate autoscaling of the task heads on busy time, shown: TopicHead saturated, then SentimentHead, then nothing.
 
     python bench/autoscaling.py                     # ~3 min on 2 cores -> bench/results/autoscaling.{json,png}
     python bench/autoscaling.py --dashboard         # also scrape with Prometheus (apt-get install prometheus) and
                                                     # draw deploy/grafana/multitask.json's panels from this run
                                                     # -> bench/results/dashboard.png
 
-Deploys the graph of `configs/serve_autoscaling.yaml` (serve_config.local.yaml with heads of 0.1 CPU that scale
-1-3 on 0.25 requests in flight, short windows and delays) on a local Ray with serve.env's settings, on the shipped
-checkpoint. Closed-loop clients on 127.0.0.1 post `/v1/predict/topic` for `--phase-s` seconds, then
-`/v1/predict/sentiment` as long, then stop; Serve's status API (`serve.status()`) is sampled every 0.5 s for the
+Deploys the graph of `configs/serve_autoscaling.yaml` (serve_config.local.yaml with heads that scale 1-3 on busy
+time, the shipped policy, with short windows and delays) on a local Ray with serve.env's settings, on the shipped
+checkpoint. For `--phase-s` seconds the topic head is saturated: `--callers` threads call it through its handle
+with 256 embeddings a call, as another application would (over HTTP on 2 cores the encoder is the bottleneck and no
+head gets busy), while closed-loop clients on 127.0.0.1 post `/v1/predict/topic` (the HTTP traffic the dashboard
+shows); then the same for the sentiment head; then nothing. Serve's status API (`serve.status()`) is sampled every 0.5 s for the
 running replicas of each deployment. Writes every sample, the load per second, the scaling timeline (when each
 deployment changed its replica count, in seconds from the load's start) and the plot: replicas per deployment over
 time, the load on a second axis. Every phase is bounded in time; the run stops by itself.
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shutil
 import subprocess
@@ -33,41 +34,28 @@ import requests
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
 from loadgen import load_texts
+from served_graph import served_graph
 
-from tests.support.ports import free_port, private_haproxy_env
+from operations.ports import free_port
 
 OVERLAY = ROOT / "configs" / "serve_autoscaling.yaml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "multitask.json"
 RESULTS = ROOT / "bench" / "results"
-APP_NAME = "multitask"
 DEPLOYMENTS = ["TopicHead", "SentimentHead", "Encoder", "Ingress"]
 SAMPLE_EVERY_S = 0.5
 
 
-def serve_environment() -> dict[str, str]:
-    """serve.env's settings, with HAProxy's fixed ports and files moved to free ones (another service on this
-    machine may hold the defaults), as tests/conftest.py does."""
-    from deployments.serve_env import read_serve_env
-
-    return {
-        **read_serve_env(),
-        **private_haproxy_env(),
-        "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"),
-        "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-
-
 def running_replicas() -> dict[str, int]:
-    """RUNNING replicas per deployment of the application, from Serve's status API."""
+    """RUNNING replicas per deployment of the service's applications, from Serve's status API."""
     from ray import serve
 
-    application = serve.status().applications[APP_NAME]
-    return {name: status.replica_states.get("RUNNING", 0) for name, status in application.deployments.items()}
+    return {
+        name: status.replica_states.get("RUNNING", 0)
+        for application in serve.status().applications.values()
+        for name, status in application.deployments.items()
+    }
 
 
 class Sampler(threading.Thread):
@@ -85,7 +73,7 @@ class Sampler(threading.Thread):
             self.stop.wait(SAMPLE_EVERY_S)
 
 
-def closed_loop(url: str, task: str, clients: int, per_request: int, duration_s: float, texts: list[str]) -> list:
+def record_http_load(url: str, task: str, clients: int, per_request: int, duration_s: float, texts: list[str]) -> list:
     """`clients` threads posting `/v1/predict/{task}` back to back for `duration_s`: (end time, task, status)."""
     outcomes: list[tuple[float, str, int]] = []
     stop_at = time.monotonic() + duration_s
@@ -107,6 +95,37 @@ def closed_loop(url: str, task: str, clients: int, per_request: int, duration_s:
     for thread in threads:
         thread.join()
     return outcomes
+
+
+def saturate_head(task: str, callers: int, duration_s: float, rows: int = 256) -> int:
+    """`callers` threads calling the task's head directly for `duration_s`, `rows` embeddings a call; calls made."""
+    import numpy as np
+    from ray import serve
+
+    from deployments.encoded_texts import EncodedTexts
+    from graph import ENCODER_APP, head_app_name
+    from multitask.task_names import head_deployment_name
+
+    encoder = serve.get_deployment_handle("Encoder", ENCODER_APP)
+    fingerprint = encoder.info.remote().result()["fingerprint"]
+    encoder.shutdown()
+    embeddings = np.random.default_rng(0).normal(size=(rows, 1024)).astype(np.float32)
+    batch = EncodedTexts(embeddings, [False] * rows, fingerprint)
+    head = serve.get_deployment_handle(head_deployment_name(task), head_app_name(task))
+    stop_at, calls = time.monotonic() + duration_s, []
+
+    def caller() -> None:
+        while time.monotonic() < stop_at:
+            head.classify.remote(batch).result(timeout_s=60)
+            calls.append(1)
+
+    threads = [threading.Thread(target=caller) for _ in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    head.shutdown()  # its router would live on in this process
+    return len(calls)
 
 
 def scaling_timeline(samples: list[dict]) -> list[dict]:
@@ -159,80 +178,81 @@ class Prometheus:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from deployments.config_overlay import overlaid_config, write_overlaid
-
-    os.environ.update(serve_environment())  # before Ray starts and before ray.serve is imported
-    import ray
-    from ray import serve
-
-    from graph import app_from_config
+    from operations.config_overlay import deployments_by_name, overlaid_config, write_overlaid
 
     texts = load_texts()
     config_path = write_overlaid(OVERLAY, Path(tempfile.mkdtemp()) / "serve_autoscaling.yaml")
-    # 2 logical CPUs as on the laptop: the config's maximum (Encoder 1 + Ingress 0.25 + 2 x 3 heads x 0.1) fits
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     prometheus = None
-    try:
-        port = free_port()
-        app, http_options = app_from_config(config_path, checkpoint=str(ROOT / "checkpoints" / "default"))
-        serve.start(http_options={**http_options, "host": "127.0.0.1", "port": port})
-        serve.run(app, name=APP_NAME, route_prefix="/")
-        url = f"http://127.0.0.1:{port}"
-        if args.dashboard:
-            binary = shutil.which("prometheus") or sys.exit("--dashboard needs Prometheus: apt-get install prometheus")
-            prometheus = Prometheus(binary, ray.nodes()[0]["MetricsExportPort"])
-        t0 = time.monotonic() + args.baseline_s  # the load starts after a short baseline
-        sampler = Sampler(t0)
-        sampler.start()
-        wall_t0 = time.time() + args.baseline_s
-        time.sleep(args.baseline_s)
-        outcomes = []
-        for task in ("topic", "sentiment"):
-            outcomes += closed_loop(url, task, args.clients, args.texts, args.phase_s, texts)
-        time.sleep(args.idle_s)
-        sampler.stop.set()
-        sampler.join()
-        results = {
-            "command": "python bench/autoscaling.py " + " ".join(sys.argv[1:]),
-            "overlay": yaml.safe_load(OVERLAY.read_text()),
-            "deployments": {
-                d["name"]: {"autoscaling_config": d["autoscaling_config"], "ray_actor_options": d["ray_actor_options"]}
-                for d in overlaid_config(OVERLAY)["applications"][0]["deployments"]
-            },
-            "load": {
-                "clients": args.clients,
-                "texts_per_request": args.texts,
-                "phases": [
-                    {"task": "topic", "start_s": 0, "end_s": args.phase_s},
-                    {"task": "sentiment", "start_s": args.phase_s, "end_s": 2 * args.phase_s},
-                    {"task": None, "start_s": 2 * args.phase_s, "end_s": 2 * args.phase_s + args.idle_s},
-                ],
-                "statuses": dict(Counter(str(status) for _, _, status in outcomes)),
-                "answered_per_second": load_per_second(outcomes, t0),
-            },
-            "samples": sampler.samples,
-            "timeline": scaling_timeline(sampler.samples),
-        }
-        if prometheus is not None:
-            from dashboard_panels import draw_dashboard
+    # 2 logical CPUs as on the laptop: the config's maximum (Encoder 1 + Ingress 0.25 + 2 x 3 heads x 0.1) fits
+    with served_graph(config_path, num_cpus=2, checkpoint=str(ROOT / "checkpoints" / "default")) as url:
+        import ray
 
-            time.sleep(5)  # Ray exports every few seconds: let the last values of the run reach Prometheus
-            draw_dashboard(
-                prometheus.url,
-                DASHBOARD,
-                wall_t0 - args.baseline_s,
-                time.time(),
-                RESULTS / "dashboard.png",
-                wall_t0,
-                phases=results["load"]["phases"],
-            )
-            results["dashboard_png"] = "bench/results/dashboard.png"
-        return results
-    finally:
-        if prometheus is not None:
-            prometheus.close()
-        serve.shutdown()
-        ray.shutdown()
+        try:
+            if args.dashboard:
+                binary = shutil.which("prometheus") or sys.exit(
+                    "--dashboard needs Prometheus: apt-get install prometheus"
+                )
+                prometheus = Prometheus(binary, ray.nodes()[0]["MetricsExportPort"])
+            t0 = time.monotonic() + args.baseline_s  # the load starts after a short baseline
+            sampler = Sampler(t0)
+            sampler.start()
+            wall_t0 = time.time() + args.baseline_s
+            time.sleep(args.baseline_s)
+            outcomes, head_calls = [], {}
+            for task in ("topic", "sentiment"):
+                saturating = threading.Thread(
+                    target=lambda task=task: head_calls.update({task: saturate_head(task, args.callers, args.phase_s)})
+                )
+                saturating.start()
+                outcomes += record_http_load(url, task, args.clients, args.texts, args.phase_s, texts)
+                saturating.join()
+            time.sleep(args.idle_s)
+            sampler.stop.set()
+            sampler.join()
+            results = {
+                "command": "python bench/autoscaling.py " + " ".join(sys.argv[1:]),
+                "overlay": yaml.safe_load(OVERLAY.read_text()),
+                "deployments": {
+                    d["name"]: {
+                        "autoscaling_config": d["autoscaling_config"],
+                        "ray_actor_options": d["ray_actor_options"],
+                    }
+                    for d in deployments_by_name(overlaid_config(OVERLAY)).values()
+                },
+                "load": {
+                    "clients": args.clients,
+                    "texts_per_request": args.texts,
+                    "phases": [
+                        {"task": "topic", "start_s": 0, "end_s": args.phase_s},
+                        {"task": "sentiment", "start_s": args.phase_s, "end_s": 2 * args.phase_s},
+                        {"task": None, "start_s": 2 * args.phase_s, "end_s": 2 * args.phase_s + args.idle_s},
+                    ],
+                    "statuses": dict(Counter(str(status) for _, _, status in outcomes)),
+                    "direct_head_calls": head_calls,
+                    "callers": args.callers,
+                    "answered_per_second": load_per_second(outcomes, t0),
+                },
+                "samples": sampler.samples,
+                "timeline": scaling_timeline(sampler.samples),
+            }
+            if prometheus is not None:
+                from dashboard_panels import draw_dashboard
+
+                time.sleep(5)  # Ray exports every few seconds: let the last values of the run reach Prometheus
+                draw_dashboard(
+                    prometheus.url,
+                    DASHBOARD,
+                    wall_t0 - args.baseline_s,
+                    time.time(),
+                    RESULTS / "dashboard.png",
+                    wall_t0,
+                    phases=results["load"]["phases"],
+                )
+                results["dashboard_png"] = "bench/results/dashboard.png"
+            return results
+        finally:
+            if prometheus is not None:
+                prometheus.close()
 
 
 def draw(results: dict, path: Path) -> None:
@@ -291,7 +311,8 @@ def main() -> None:
     parser.add_argument("--phase-s", type=float, default=45, help="seconds of topic-only, then sentiment-only load")
     parser.add_argument("--idle-s", type=float, default=45, help="seconds without load at the end")
     parser.add_argument("--baseline-s", type=float, default=5, help="seconds sampled before the load starts")
-    parser.add_argument("--clients", type=int, default=16, help="concurrent closed-loop clients")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent closed-loop HTTP clients")
+    parser.add_argument("--callers", type=int, default=8, help="threads calling the phase's head directly")
     parser.add_argument("--texts", type=int, default=4, help="texts per request")
     parser.add_argument("--dashboard", action="store_true", help="scrape with Prometheus, draw the dashboard")
     parser.add_argument("--out", type=Path, default=RESULTS / "autoscaling", help="writes OUT.json and OUT.png")

@@ -25,7 +25,6 @@ from pathlib import Path
 import torch
 from transformers import BertConfig, BertModel
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from multitask.config import DEFAULT_TASKS, ModelConfig
 from multitask.encoder import SentenceEncoder
 

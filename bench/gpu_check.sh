@@ -12,6 +12,7 @@
 #   bash bench/gpu_check.sh --dry-run [OUT_DIR]   # CPU: same code paths, tiny shapes, results in /tmp by default
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"   # the project's code where it is not installed (the GPU machine)
 PY=${PYTHON:-python3}
 if [[ "${1:-}" == "--dry-run" ]]; then
   out=${2:-/tmp/gpu_check_dry}

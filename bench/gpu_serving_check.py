@@ -15,16 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from transformers import BertModel
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from gpu_check import bge_large_config
+from transformers import BertModel
 
 from multitask.checkpoint.load import load_head, save_checkpoint
 from multitask.config import DEFAULT_TASKS, ModelConfig

@@ -54,15 +54,14 @@ import torch
 from tqdm.auto import tqdm
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 from multitask.checkpoint.load import load_model
 from multitask.checkpoint.manifest import read_manifest
 from multitask.config import TaskSpec
 from multitask.data import TaskDataset, read_task_file
-from multitask.evaluate import task_probabilities
+from multitask.evaluate import label_probabilities
 from multitask.finetune import FinetuneMode
-from multitask.sampling import task_probabilities as sampling_probabilities
+from multitask.sampling import task_sampling_probabilities
 from multitask.training.config import TaskData, TrainConfig, load_train_config
 from multitask.training.metrics import classification_metrics
 from multitask.training.trainer import load_splits, train
@@ -230,7 +229,7 @@ def evaluate_checkpoint(checkpoint: Path, eval_sets: dict[str, TaskDataset], pro
         if task not in model.heads:
             continue
         texts = [e.text for e in dataset.examples]
-        probabilities = task_probabilities(model, task, texts, progress=progress)
+        probabilities = label_probabilities(model, task, texts, progress=progress)
         metrics[name] = classification_metrics(
             [e.label for e in dataset.examples], probabilities, model.config.task(task).labels
         )
@@ -238,23 +237,24 @@ def evaluate_checkpoint(checkpoint: Path, eval_sets: dict[str, TaskDataset], pro
 
 
 def evaluate_served_encoder(checkpoint: Path, eval_sets: dict[str, TaskDataset], precision: str) -> tuple[dict, float]:
-    """`evaluate_checkpoint` with what the CPU service runs: the onnxruntime encoder at `precision` (exported and
-    quantized into the default ONNX cache on first use) and the numpy heads; (metrics by set, seconds)."""
-    from multitask.numpy_head import NumpyHead
-    from multitask.runtime.onnx_runtime import OnnxEncoderRuntime
+    """`evaluate_checkpoint` with what the CPU service runs (`ServedModel`): the onnxruntime encoder at `precision`
+    (exported and quantized into the default ONNX cache on first use; int8 one text per pass, as served) and the
+    numpy heads; (metrics by set, seconds)."""
+    from multitask.served_model import ServedModel
 
     start = time.perf_counter()
-    encoder = OnnxEncoderRuntime.load(checkpoint, threads=torch.get_num_threads(), precision=precision)
-    tasks = read_manifest(checkpoint).model.task_names
-    heads = {task: NumpyHead.load(checkpoint, task, encoder.fingerprint) for task in tasks}
+    model = ServedModel.load(checkpoint, runtime="onnx-int8" if precision == "int8" else "onnx", device="cpu")
+    model.runtime.set_threads(torch.get_num_threads())
     metrics = {}
     for name, dataset in eval_sets.items():
         task = EVAL_SETS[name][0]
-        if task not in heads:
+        if task not in model.heads:
             continue
-        embeddings, _ = encoder.forward([e.text for e in dataset.examples], max_batch=32, max_tokens=4096)
+        embeddings, _ = model.runtime.forward([e.text for e in dataset.examples], max_batch=32, max_tokens=4096)
         metrics[name] = classification_metrics(
-            [e.label for e in dataset.examples], heads[task].probabilities(embeddings), heads[task].task.labels
+            [e.label for e in dataset.examples],
+            model.probabilities(embeddings, [task])[task],
+            model.heads[task].task.labels,
         )
     return metrics, time.perf_counter() - start
 
@@ -666,7 +666,7 @@ def main(argv: list[str] | None = None) -> int:
             }
             if max_train:
                 sizes = {t: min(n, max_train) for t, n in sizes.items()}
-            shares = sampling_probabilities(sizes, settings.sampling, settings.sampling_temperature)
+            shares = task_sampling_probabilities(sizes, settings.sampling, settings.sampling_temperature)
             total = settings.epochs * settings.steps_per_epoch
             results["joint_task_steps"] = {t: round(p * total) for t, p in shares.items()}
             results["notes"].append(

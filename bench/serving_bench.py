@@ -4,7 +4,7 @@ Infinity serving the same model folder; texts/s, p50/p99 latency and the RSS of 
     python bench/serving_bench.py                       # everything, ~20 min on 2 cores -> bench/results/serving_bench.*
     python bench/serving_bench.py --only graph --duration 5   # quicker: one system
     python bench/serving_bench.py --only bare bare-int8 infinity-optimum infinity-optimum-int8 graph graph-int8
-    python bench/serving_bench.py --readme              # also rewrite the Performance table in README.md
+    python bench/serving_bench.py --docs                # also rewrite the serving table in docs/performance.md
 
 Grid: 1, 8 and 32 concurrent closed-loop clients x 1 and 8 texts per request (`bench/loadgen.py`, every run
 bounded by `--duration` and `--max-requests`), all on 127.0.0.1.
@@ -16,8 +16,8 @@ bounded by `--duration` and `--max-requests`), all on 127.0.0.1.
   `serve.get_app_handle("multitask").predict.remote(...)`, with `runtime: onnx` (float32; `--encoder` for others);
   graph-int8: the same with `runtime: onnx-int8`.
 - infinity: `infinity_emb v2 --engine torch --device cpu` on the embedded all-MiniLM-L6-v2 folder (embeddings only;
-  no heads), `HF_HUB_OFFLINE=1`, in its own venv (`.bench/infinity-venv`, created on first use: torch==2.13.0, then
-  `infinity-emb[server,torch,optimum]`).
+  no heads), `HF_HUB_OFFLINE=1`, in its own venv (`.bench/infinity-venv`, made by `bash bench/setup_peers.sh`:
+  torch==2.13.0, then `infinity-emb[server,torch,optimum]`).
 - infinity-optimum: the honest peer of an onnxruntime encoder, `--engine optimum --pooling-method mean` (its optimum
   engine pools the CLS token unless told; all-MiniLM-L6-v2 is mean-pooled) on the same model exported to ONNX by
   optimum (`ORTModelForFeatureExtraction.from_pretrained(folder, export=True)`, into `.bench/infinity-onnx/float32`).
@@ -53,12 +53,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
 from loadgen import closed_loop, load_texts
+from served_graph import served_graph
 
-from tests.support.ports import free_port, private_haproxy_env
+from operations.ports import free_port
+from operations.serve_env import read_serve_env
 
 RESULTS = ROOT / "bench" / "results"
 INFINITY_VENV = ROOT / ".bench" / "infinity-venv"
@@ -117,23 +117,13 @@ def bare_main(args: argparse.Namespace) -> None:
     torch's defaults."""
     checkpoint = ROOT / args.checkpoint
     if args.bare_runtime in ("onnx", "onnx-int8"):
-        from multitask.checkpoint.manifest import read_manifest
-        from multitask.numpy_head import NumpyHead
-        from multitask.results import label_scores
-        from multitask.runtime.onnx_runtime import OnnxEncoderRuntime
+        from multitask.served_model import ServedModel
 
-        precision = "int8" if args.bare_runtime == "onnx-int8" else "float32"
-        encoder = OnnxEncoderRuntime.load(checkpoint, threads=os.cpu_count() or 1, precision=precision)
-        heads = {task: NumpyHead.load(checkpoint, task) for task in read_manifest(checkpoint).model.task_names}
+        model = ServedModel.load(checkpoint, runtime=args.bare_runtime, device="cpu")
+        model.runtime.set_threads(os.cpu_count() or 1)
 
         def predict(texts: list[str]) -> list[dict]:
-            embeddings, _ = encoder.forward(texts, max_batch=32, max_tokens=4096)
-            per_task = {task: head.probabilities(embeddings).tolist() for task, head in heads.items()}
-            labels = {task: list(head.task.labels) for task, head in heads.items()}
-            return [
-                {task: label_scores(labels[task], rows[i]) for task, rows in per_task.items()}
-                for i in range(len(texts))
-            ]
+            return model.predict(texts, max_batch=32, max_tokens=4096)
     else:
         import torch
 
@@ -192,18 +182,13 @@ async def http_grid(url: str, payload, args: argparse.Namespace, texts: list[str
 
 
 # --- Infinity ---------------------------------------------------------------------------------------------------
-def ensure_infinity(venv: Path) -> Path:
+def infinity_exe(venv: Path) -> Path:
+    """Infinity's server in `venv`, which `bench/setup_peers.sh` installs (this benchmark installs nothing)."""
     exe = venv / "bin" / "infinity_emb"
-    has_optimum = (
-        exe.exists()
-        and not subprocess.run([str(venv / "bin" / "python"), "-c", "import optimum"], check=False).returncode
-    )
-    if not has_optimum:
-        print(f"creating {venv} (torch==2.13.0, infinity-emb[server,torch,optimum]) ...", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        pip = [str(venv / "bin" / "pip"), "install", "--quiet"]
-        subprocess.run([*pip, "torch==2.13.0"], check=True)
-        subprocess.run([*pip, "infinity-emb[server,torch,optimum]"], check=True)
+    if not exe.exists():
+        sys.exit(
+            f"Infinity is not installed in {venv}: run `bash bench/setup_peers.sh {venv}` (or `make bench-serving`)."
+        )
     return exe
 
 
@@ -268,7 +253,7 @@ def infinity_server(args: argparse.Namespace, engine: str, precision: str):
     import numpy as np
     import requests
 
-    exe = ensure_infinity(Path(args.infinity_venv))
+    exe = infinity_exe(Path(args.infinity_venv))
     port = free_port()
     hub_cache = tempfile.mkdtemp(prefix="infinity-hub-")  # its optimized-model cache: fresh per run (docstring)
     if engine == "optimum":  # relative ONNX paths: run in the folder, model id "." (docstring)
@@ -329,39 +314,17 @@ def measure_infinity(args: argparse.Namespace, texts: list[str], engine: str, pr
 # --- the Serve graph --------------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def graph_server(args: argparse.Namespace, encoder: str):
-    """`args.config` deployed on a fresh local Ray with the Encoder `encoder` (`encoder_config`); yields (HTTP port,
-    the serve.env settings applied)."""
-    from deployments.serve_env import read_serve_env
-
-    # Ray/Serve settings must be in the environment before Ray starts (and before this process imports ray.serve)
+    """`args.config` deployed (`served_graph`) with the Encoder `encoder` (`encoder_config`) and serve.env's settings
+    (or Ray's defaults, `--ray-defaults`) plus `--serve-env`; yields (its HTTP base URL, the settings applied)."""
     settings = {} if args.ray_defaults else read_serve_env()
     settings.update(item.partition("=")[::2] for item in args.serve_env)
-    os.environ.update(settings)
-    if settings.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":  # its fixed ports may be taken by another Ray here
-        os.environ.update(private_haproxy_env())
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    import ray
-    from ray import serve
-
-    from graph import app_from_config
-
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    try:
-        port = free_port()
-        app, http_options = app_from_config(encoder_config(ROOT / args.config, encoder))
-        serve.start(http_options={**http_options, "host": "127.0.0.1", "port": port})
-        serve.run(app, name="multitask", route_prefix="/")
-        yield port, settings
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    with served_graph(encoder_config(ROOT / args.config, encoder), serve_env=settings) as url:
+        yield url, settings
 
 
 def measure_graph(args: argparse.Namespace, texts: list[str], encoder: str) -> dict:
-    with graph_server(args, encoder) as (port, settings):
-        return asyncio.run(graph_grids(args, texts, port, settings))  # one event loop: handles may bind to it
+    with graph_server(args, encoder) as (graph_url, settings):
+        return asyncio.run(graph_grids(args, texts, graph_url, settings))  # one event loop: handles may bind to it
 
 
 # --- paired: the graph and its peer up at once, cells alternated --------------------------------------------------
@@ -378,17 +341,14 @@ def measure_paired(args: argparse.Namespace, texts: list[str], precision: str) -
     encoder, infinity_precision = PAIRS[precision]
     with (
         infinity_server(args, "optimum", infinity_precision) as (url, _, check),
-        graph_server(args, encoder) as (
-            port,
-            _,
-        ),
+        graph_server(args, encoder) as (graph_url, _),
     ):
 
         async def grid() -> dict:
             import aiohttp
 
             systems = {
-                "graph": (f"http://127.0.0.1:{port}/v1/predict", lambda b: {"texts": b}),
+                "graph": (f"{graph_url}/v1/predict", lambda b: {"texts": b}),
                 "infinity": (url, infinity_payload),
             }
             cells: dict = {name: {cell: [] for cell in GRID} for name in systems}
@@ -468,30 +428,30 @@ def encoder_config(path: Path, encoder: str) -> Path:
     import yaml
 
     config = yaml.safe_load(path.read_text())
-    (application,) = config["applications"]
+    (application,) = [app for app in config["applications"] if app["import_path"] == "graph:build_encoder"]
     out = Path(tempfile.mkdtemp(prefix="serving-bench-")) / path.name
     if encoder in ("onnx", "onnx-int8"):
         application["args"].update(device="cpu", dtype="float32", runtime=encoder)
-        out.write_text(yaml.safe_dump(config))
+        out.write_text(yaml.safe_dump(config, sort_keys=False))
         return out
     on_gpu = encoder == "torch-gpu"
     application["args"].update(device="cuda" if on_gpu else "cpu", dtype="auto", runtime="torch")
-    for deployment in application["deployments"]:
-        if deployment["name"] == "Encoder":
-            deployment["ray_actor_options"]["num_gpus"] = 1 if on_gpu else 0
-    out.write_text(yaml.safe_dump(config))
+    application["deployments"][0]["ray_actor_options"]["num_gpus"] = 1 if on_gpu else 0
+    out.write_text(yaml.safe_dump(config, sort_keys=False))
     return out
 
 
-async def graph_grids(args: argparse.Namespace, texts: list[str], port: int, settings: dict) -> dict:
+async def graph_grids(args: argparse.Namespace, texts: list[str], graph_url: str, settings: dict) -> dict:
     from ray import serve
 
+    from graph import APP_NAME, ENCODER_APP
+
     try:
-        encoder = serve.get_deployment_handle("Encoder", app_name="multitask")
-        handle = serve.get_app_handle("multitask")
+        encoder = serve.get_deployment_handle("Encoder", app_name=ENCODER_APP)
+        handle = serve.get_app_handle(APP_NAME)
         print(" graph over HTTP", file=sys.stderr)
         http_runs, http_memory = await http_grid(
-            f"http://127.0.0.1:{port}/v1/predict", lambda b: {"texts": b}, args, texts, os.getpid(), False
+            f"{graph_url}/v1/predict", lambda b: {"texts": b}, args, texts, os.getpid(), False
         )
 
         async def handle_grid():
@@ -652,15 +612,17 @@ def targets(systems: dict) -> str:
     return "; ".join(parts) + "."
 
 
-def update_readme(table: str) -> None:
-    readme = ROOT / "README.md"
-    text = readme.read_text()
+def update_docs(table: str) -> None:
+    """Rewrite the serving table of docs/performance.md, between its performance-table markers."""
+    page = ROOT / "docs" / "performance.md"
+    text = page.read_text()
     start, end = "<!-- performance-table:start -->", "<!-- performance-table:end -->"
-    if start not in text:
+    if start not in text or end not in text:
+        print(f"{page}: no performance-table markers, table not written", file=sys.stderr)
         return
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
-    readme.write_text(f"{head}{start}\n{table}{end}{tail}")
+    page.write_text(f"{head}{start}\n{table}{end}{tail}")
 
 
 def main() -> None:
@@ -693,7 +655,10 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--rounds", type=int, default=2, help="--paired: rounds over the grid")
     parser.add_argument("--out", default=str(RESULTS / "serving_bench"), help="writes OUT.json and OUT.md")
-    parser.add_argument("--readme", action="store_true", help="rewrite the README's table (performance-table markers)")
+    parser.add_argument(
+        "--docs", action="store_true",
+        help="also rewrite the serving table in docs/performance.md (its performance-table markers)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.mode == "bare":
         return bare_main(args)
@@ -736,8 +701,8 @@ def main() -> None:
     results["machine"] = machine()
     table = markdown(results)
     write_results(results, Path(args.out), table)
-    if args.readme:
-        update_readme(table)
+    if args.docs:
+        update_docs(table)
 
 
 def machine() -> str:

@@ -1,1 +1,1 @@
-"""Ray Serve deployments: Encoder, TaskHead (bound once per task) and Ingress."""
+"""Ray Serve deployments: Encoder, the head deployment (bound once per task: TopicHead, SentimentHead, ...) and Ingress."""

@@ -7,7 +7,8 @@ on a GPU, or with `runtime: torch`, torch. This file adds what Serve needs: batc
 Concurrent `encode` calls are batched continuously (`deployments/batcher.py`): a call that finds the encoder idle
 runs at once, calls that arrive during a forward pass form the next one, up to `max_batch_size` texts (the ingress
 already sends one call per batch of requests; a larger call runs alone). The gathered texts are tokenized once,
-sorted by length and run in passes of at most `max_batch_size` texts and `max_batch_tokens` padded tokens, in a
+sorted by length and run in passes of at most `max_batch_size` texts and `max_batch_tokens` padded tokens (one text
+a pass with `runtime: onnx-int8`, whose passes would otherwise make a text's answer depend on its batch mates), in a
 worker thread, so the replica's event loop keeps accepting requests meanwhile. Every text is encoded once per
 request, whatever the number of heads that read its embedding.
 """
@@ -26,9 +27,10 @@ from deployments.encoded_texts import EncodedTexts
 from deployments.metrics import EncoderMetrics
 from deployments.options import DEFAULT_OPTIONS
 from deployments.settings import EncoderSettings
-from multitask.runtime.passes import EncodedBatch
+from multitask.checkpoint.manifest import manifest_summary, read_manifest
+from multitask.runtime.passes import ForwardResult
 from multitask.runtime.select import select_runtime
-from multitask.storage import locate_checkpoint
+from multitask.storage import checkpoint_name, locate_checkpoint
 
 logger = logging.getLogger("ray.serve")
 
@@ -49,14 +51,14 @@ class Encoder:
         logger.info(f"Encoder: loading {checkpoint} (runtime {runtime}; an ONNX runtime exports it on first start)")
         self.runtime = select_runtime(directory, runtime, device, dtype, onnx_cache_dir, gpu_assigned)
         self.fingerprint = self.runtime.fingerprint
+        # the `model` block of every API response: which encoder and checkpoint answered
+        self.model = {**manifest_summary(read_manifest(directory)), "checkpoint": checkpoint_name(checkpoint)}
         self.metrics = EncoderMetrics()
         self.settings = EncoderSettings()
         # one forward at a time (it uses every thread it is given); calls arriving meanwhile form the next batch
         self._batcher = ContinuousBatcher(self._encode_batch, self.settings.max_batch_size, max_in_flight=1, size=len)
         self._broken: str | None = None  # set when the device fails; check_health then restarts the replica
-        self._batches = 0
-        self._texts = 0
-        self._largest_batch = 0
+        self._batches = self._passes = self._texts = self._largest_batch = self._largest_pass = 0
         logger.info(f"Encoder ready: {self.runtime.describe()}")
 
     def reconfigure(self, user_config: dict) -> None:
@@ -78,9 +80,11 @@ class Encoder:
         padded tokens), split back per call. Batch size and latency are recorded per pass."""
         texts = [text for call in calls for text in call]
         batch = await asyncio.to_thread(self._forward, texts)
-        self._batches += len(batch.pass_sizes)
+        self._batches += 1
+        self._passes += len(batch.pass_sizes)
         self._texts += len(texts)
-        self._largest_batch = max(self._largest_batch, *batch.pass_sizes)
+        self._largest_batch = max(self._largest_batch, len(texts))
+        self._largest_pass = max(self._largest_pass, *batch.pass_sizes)
         for size, seconds in zip(batch.pass_sizes, batch.pass_seconds):
             self.metrics.batch_size.observe(size)
             self.metrics.batch_latency_ms.observe(seconds * 1000)
@@ -95,7 +99,7 @@ class Encoder:
             offset += len(call)
         return out
 
-    def _forward(self, texts: list[str]) -> EncodedBatch:
+    def _forward(self, texts: list[str]) -> ForwardResult:
         """The blocking part, run in a worker thread."""
         settings = self.settings
         try:
@@ -108,16 +112,26 @@ class Encoder:
             raise
 
     def info(self) -> dict:
-        """Identity and settings of this replica (the heads compare `fingerprint` at start)."""
+        """Identity and settings of this replica (the heads compare `fingerprint` at start; the ingress shows
+        `model` in its answers)."""
         return {
             **self.runtime.describe(),
+            "model": self.model,
             "settings": self.settings.model_dump(),
             "threads": self.runtime.threads,
         }
 
     def stats(self) -> dict:
-        """This replica's counters since it started (tests use them to see batching at work)."""
-        return {"batches": self._batches, "texts": self._texts, "largest_batch": self._largest_batch}
+        """This replica's counters since it started (tests use them to see batching at work): `batches` gathered
+        from concurrent calls and the texts of the largest, forward `passes` and the texts of the largest (1 with
+        the int8 runtime, which runs each text alone: `max_pass_texts`)."""
+        return {
+            "batches": self._batches,
+            "texts": self._texts,
+            "largest_batch": self._largest_batch,
+            "passes": self._passes,
+            "largest_pass": self._largest_pass,
+        }
 
     def ping(self) -> str:
         return "ok"

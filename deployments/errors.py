@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable
 from enum import Enum
 
@@ -30,7 +31,9 @@ class ErrorKind(str, Enum):
     """What went wrong. The value is the `error_type` clients see."""
 
     malformed_json = "malformed_json"  # body is not JSON
-    unauthorized = "unauthorized"  # auth is on and the bearer token is missing or wrong
+    unauthorized = "unauthorized"  # auth is on and the bearer token (API key) is missing or wrong
+    forbidden = "forbidden"  # the API key may not ask for this task (or route)
+    rate_limited = "rate_limited"  # the API key is over its rate limit; retry after `Retry-After` seconds
     body_too_large = "body_too_large"  # body over `max_body_bytes`
     too_many_texts = "too_many_texts"  # more texts than `max_texts_per_request`
     validation_error = "validation_error"  # schema: missing field, wrong type, empty list, extra field
@@ -48,6 +51,8 @@ class ErrorKind(str, Enum):
 STATUS_CODES: dict[ErrorKind, int] = {
     ErrorKind.malformed_json: 400,
     ErrorKind.unauthorized: 401,
+    ErrorKind.forbidden: 403,
+    ErrorKind.rate_limited: 429,
     ErrorKind.body_too_large: 413,
     ErrorKind.too_many_texts: 413,
     ErrorKind.validation_error: 422,
@@ -67,29 +72,36 @@ RETRY_AFTER_S = 1
 
 
 class ServiceError(Exception):
-    """An error with a kind from the vocabulary. Raised to HTTP clients and handle callers alike."""
+    """An error with a kind from the vocabulary. Raised to HTTP clients and handle callers alike. `retry_after_s`:
+    when to retry (429 rate_limited; 503s say RETRY_AFTER_S)."""
 
-    def __init__(self, kind: ErrorKind, message: str):
+    def __init__(self, kind: ErrorKind, message: str, retry_after_s: float | None = None):
         super().__init__(message)
         self.kind = kind
         self.message = message
+        self.retry_after_s = retry_after_s
 
     @property
     def status_code(self) -> int:
         return STATUS_CODES[self.kind]
 
-    def __reduce__(self):  # keep kind and message when Ray ships the error to a handle caller
-        return (ServiceError, (self.kind, self.message))
+    def __reduce__(self):  # keep kind, message and retry time when Ray ships the error to a handle caller
+        return (ServiceError, (self.kind, self.message, self.retry_after_s))
 
 
 OPENAI_ROUTE = "/v1/embeddings"
 """The route whose errors take OpenAI's shape (matched at the end of the path, whatever the route prefix)."""
 
 
-def error_response(kind: ErrorKind, message: str, path: str = "") -> JSONResponse:
-    """The error shape of `path`'s route, with `Retry-After` on 503 and `WWW-Authenticate` on 401."""
+def error_response(kind: ErrorKind, message: str, path: str = "", retry_after_s: float | None = None) -> JSONResponse:
+    """The error shape of `path`'s route, with `Retry-After` on 503 and 429 (whole seconds, rounded up: 429 gives
+    `retry_after_s`) and `WWW-Authenticate` on 401."""
     status = STATUS_CODES[kind]
-    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+    headers = None
+    if status == 503:
+        headers = {"Retry-After": str(RETRY_AFTER_S)}
+    if status == 429:
+        headers = {"Retry-After": str(max(1, math.ceil(retry_after_s or RETRY_AFTER_S)))}
     if status == 401:
         headers = {"WWW-Authenticate": 'Bearer realm="multitask"'}
     if path.endswith(OPENAI_ROUTE):
@@ -179,7 +191,7 @@ def install_error_handlers(app: FastAPI, record: Callable[[ErrorKind], None] | N
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        return error_response(exc.kind, exc.message, request.url.path)
+        return error_response(exc.kind, exc.message, request.url.path, exc.retry_after_s)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

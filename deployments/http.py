@@ -1,5 +1,6 @@
 """The HTTP face of the ingress: routes of the v1 contract and the client-compatible ones (OpenAI embeddings,
-Hugging Face text-classification), the page at `/`, the body-size limit, bearer-token auth, the error shapes.
+Hugging Face text-classification), the page at `/`, the body-size limit, API keys (bearer tokens with names, rate
+limits and allowed tasks: `api_keys.py`), the error shapes.
 
 `create_app(service)` builds the FastAPI (Starlette) app around anything that implements `IngressApi` (the `Ingress`
 deployment; tests use a small fake). Each route validates the body's shape with pydantic models (`schemas.py`,
@@ -9,20 +10,17 @@ callers use, which checks the texts, so HTTP and handles return the same shapes 
 
 from __future__ import annotations
 
-import hmac
-import os
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from deployments.errors import STATUS_CODES, ErrorKind, error_response, install_error_handlers
+from deployments.api_docs import install_api_docs
+from deployments.api_keys import ApiKey, KeyTable
+from deployments.errors import STATUS_CODES, ErrorKind, ServiceError, error_response, install_error_handlers
 from deployments.hf_compat import ClassifyRequest, ClassifyResponse
 from deployments.openai_compat import OpenAIEmbeddingsRequest, OpenAIEmbeddingsResponse, OpenAIErrorResponse
 from deployments.page import page_response
@@ -36,56 +34,7 @@ from deployments.schemas import (
     TaskPredictRequest,
     TasksResponse,
 )
-
-
-class HttpSettings(BaseModel):
-    """The HTTP layer's part of the Ingress's `user_config`: the body limit and where the bearer token comes from.
-    With neither `auth_token_env` nor `auth_token_file`, auth is off."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    max_body_bytes: int = Field(default=1_048_576, gt=0, description="Larger body -> 413 body_too_large.")
-    auth_token_env: str | None = Field(
-        default=None, description="Bearer-token auth: the environment variable (of the ingress replica) holding it."
-    )
-    auth_token_file: str | None = Field(
-        default=None, description="Bearer-token auth: a file holding it (read at deploy time; whitespace stripped)."
-    )
-
-    def http_policy(self) -> HttpPolicy:
-        """The settings with the token read (raises ValueError if it is named but not there: the deploy fails)."""
-        return HttpPolicy(max_body_bytes=self.max_body_bytes, bearer_token=self.read_token())
-
-    def read_token(self) -> bytes | None:
-        """The bearer token the config names (environment variable or file), or None when auth is off. A token that is
-        named but missing or empty is an error: failing the deploy beats serving without the auth that was asked for."""
-        if self.auth_token_env and self.auth_token_file:
-            raise ValueError("Ingress user_config: set auth_token_env or auth_token_file, not both.")
-        if self.auth_token_env:
-            token = os.environ.get(self.auth_token_env, "").strip()
-            where = f"environment variable {self.auth_token_env} (set it in the application's runtime_env.env_vars)"
-        elif self.auth_token_file:
-            path = Path(self.auth_token_file).expanduser()
-            try:
-                token = path.read_text().strip()
-            except OSError as exc:
-                raise ValueError(
-                    f"Ingress auth_token_file {path} cannot be read ({exc}); create it on every node."
-                ) from exc
-            where = f"file {path}"
-        else:
-            return None
-        if not token:
-            raise ValueError(f"Ingress bearer-token auth is on but the {where} is empty or unset; put the token there.")
-        return token.encode()
-
-
-@dataclass(frozen=True)
-class HttpPolicy:
-    """What the HTTP layer enforces before a route runs, as of the last reconfigure."""
-
-    max_body_bytes: int
-    bearer_token: bytes | None  # None = auth off
+from deployments.settings import HttpPolicy
 
 
 class IngressApi(Protocol):
@@ -95,6 +44,8 @@ class IngressApi(Protocol):
     http_policy: HttpPolicy
 
     def count_http_error(self, kind: ErrorKind) -> None: ...
+
+    def count_key_request(self, key: str, status: int, texts: int) -> None: ...
 
     async def predict(
         self, texts: list[str], tasks: list[str] | None = None, return_embeddings: bool = False
@@ -113,7 +64,7 @@ class IngressApi(Protocol):
 
     async def classify(self, task: str, inputs: str | list[str], top_k: int | None = None) -> list[list[dict]]: ...
 
-    def tasks(self) -> dict: ...
+    async def tasks(self) -> dict: ...
 
     async def health(self) -> dict: ...
 
@@ -134,6 +85,8 @@ def _errors(*kinds: ErrorKind, model: type = ErrorResponse) -> dict:
 _BODY_ERRORS = (
     ErrorKind.malformed_json,
     ErrorKind.unauthorized,
+    ErrorKind.forbidden,
+    ErrorKind.rate_limited,
     ErrorKind.body_too_large,
     ErrorKind.too_many_texts,
     ErrorKind.validation_error,
@@ -177,29 +130,92 @@ class JsonBodyGuard:
         await self.app(scope, counting_receive, send)
 
 
-class BearerAuth:
-    """Optional bearer-token auth: when the policy has a token, every route but the open ones (`/healthz`, for load
-    balancers and Serve; `/`, the page, which holds no data and asks for the token to call the API) needs
-    `Authorization: Bearer <token>`, compared in constant time; else 401."""
+class KeyUse:
+    """What a request did with its API key: set by `ApiKeyAuth`, filled in by the route's `admit`."""
+
+    def __init__(self, key: ApiKey, keys: KeyTable):
+        self.key = key
+        self.keys = keys
+        self.texts = 0
+
+
+class ApiKeyAuth:
+    """When the policy has keys, every route but the open ones (`/healthz`, for load balancers and Serve; `/`, the
+    page, which holds no data and asks for a key to call the API) needs `Authorization: Bearer <key>` (how the
+    `openai` SDK and huggingface_hub send theirs) with a key of the table, else 401. The key goes to the route
+    (`admit`: its tasks and rate limits) in the scope's state; each request is counted under the key's name."""
 
     OPEN_PATHS = frozenset({"/healthz", "/"})
 
-    def __init__(self, app: ASGIApp, policy: Callable[[], HttpPolicy], on_reject: Callable[[ErrorKind], None]):
+    def __init__(
+        self,
+        app: ASGIApp,
+        policy: Callable[[], HttpPolicy],
+        on_reject: Callable[[ErrorKind], None],
+        on_done: Callable[[str, int, int], None],
+    ):
         self.app = app
         self.policy = policy
         self.on_reject = on_reject
+        self.on_done = on_done
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        token = self.policy().bearer_token
-        if scope["type"] != "http" or token is None or scope.get("path") in self.OPEN_PATHS:
+        keys = self.policy().keys
+        if scope["type"] != "http" or keys is None or scope.get("path") in self.OPEN_PATHS:
             return await self.app(scope, receive, send)
         header = dict(scope.get("headers") or []).get(b"authorization", b"")
         scheme, _, given = header.partition(b" ")
-        if scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), token):
-            return await self.app(scope, receive, send)
-        self.on_reject(ErrorKind.unauthorized)
-        message = "Missing or wrong bearer token: send the header `Authorization: Bearer <token>`."
-        return await error_response(ErrorKind.unauthorized, message, scope["path"])(scope, receive, send)
+        key = keys.identify(given.strip()) if scheme.lower() == b"bearer" else None
+        if key is None:
+            self.on_reject(ErrorKind.unauthorized)
+            message = "Missing or wrong API key: send the header `Authorization: Bearer <key>`."
+            return await error_response(ErrorKind.unauthorized, message, scope["path"])(scope, receive, send)
+        use = KeyUse(key, keys)
+        status = 500
+
+        async def noting_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app({**scope, "state": {**scope.get("state", {}), "api_key": use}}, receive, noting_send)
+        finally:
+            self.on_done(key.name, status, use.texts)
+
+
+def admit(request: Request, texts: int, tasks: list[str] | None = None, embeddings: bool = False) -> list[str] | None:
+    """The request's API key (if auth is on) may do this: ask for `tasks` (None = every task, which for a key with
+    a task list means its tasks; returned), call an embeddings route, and send `texts` texts now. Else 403
+    forbidden, or 429 rate_limited with the seconds until it may (never queued)."""
+    use: KeyUse | None = request.scope.get("state", {}).get("api_key")
+    if use is None:
+        return tasks
+    spec = use.key.spec
+    if embeddings and not spec.embeddings:
+        raise ServiceError(ErrorKind.forbidden, f"API key {spec.name!r} may not call the embeddings routes.")
+    if tasks is None and spec.tasks is not None:
+        tasks = list(spec.tasks)
+    refused = use.key.refused_tasks(tasks or [])
+    if refused:
+        raise ServiceError(
+            ErrorKind.forbidden,
+            f"API key {spec.name!r} may not ask for task {refused[0]!r}; its tasks: {list(spec.tasks)}.",
+        )
+    wait = use.keys.admit(use.key, texts)
+    if wait > 0:
+        raise ServiceError(
+            ErrorKind.rate_limited,
+            f"API key {spec.name!r} is over its rate limit; retry after {wait:.2f} s.",
+            retry_after_s=wait,
+        )
+    use.texts = texts
+    return tasks
+
+
+def _count(texts: str | list[str]) -> int:
+    return 1 if isinstance(texts, str) else len(texts)
 
 
 def create_app(service: IngressApi) -> FastAPI:
@@ -209,12 +225,19 @@ def create_app(service: IngressApi) -> FastAPI:
         description="One shared sentence encoder, one head per task. Every error is "
         '`{"error": str, "error_type": str}` (OpenAI\'s `{"error": {"message", "type", "param", "code"}}` on '
         "`/v1/embeddings`); 503 responses carry `Retry-After`. `GET /` is a page to try it.",
+        docs_url=None,  # served by install_api_docs, without a CDN
         redoc_url=None,
     )
+    install_api_docs(app)
     install_error_handlers(app, record=service.count_http_error)
     app.add_middleware(JsonBodyGuard, policy=lambda: service.http_policy, on_reject=service.count_http_error)
     # added last = runs first: an unauthenticated request is refused before its body is read
-    app.add_middleware(BearerAuth, policy=lambda: service.http_policy, on_reject=service.count_http_error)
+    app.add_middleware(
+        ApiKeyAuth,
+        policy=lambda: service.http_policy,
+        on_reject=service.count_http_error,
+        on_done=service.count_key_request,
+    )
 
     @app.post(
         "/v1/predict",
@@ -222,8 +245,9 @@ def create_app(service: IngressApi) -> FastAPI:
         responses=_errors(*_BODY_ERRORS, ErrorKind.unknown_task),
         summary="Classify texts with every task, or the tasks asked for",
     )
-    async def predict(body: PredictRequest) -> JSONResponse:
-        return JSONResponse(await service.predict(body.texts, body.tasks, body.return_embeddings))
+    async def predict(request: Request, body: PredictRequest) -> JSONResponse:
+        tasks = admit(request, len(body.texts), body.tasks)
+        return JSONResponse(await service.predict(body.texts, tasks, body.return_embeddings))
 
     @app.post(
         "/v1/predict/{task}",
@@ -231,7 +255,8 @@ def create_app(service: IngressApi) -> FastAPI:
         responses=_errors(*_BODY_ERRORS, ErrorKind.unknown_task),
         summary="Classify texts with one task",
     )
-    async def predict_task(task: str, body: TaskPredictRequest) -> JSONResponse:
+    async def predict_task(request: Request, task: str, body: TaskPredictRequest) -> JSONResponse:
+        admit(request, len(body.texts), [task])
         return JSONResponse(await service.predict(body.texts, [task], body.return_embeddings))
 
     @app.post(
@@ -240,7 +265,8 @@ def create_app(service: IngressApi) -> FastAPI:
         responses=_errors(*_BODY_ERRORS),
         summary="Shared sentence embeddings (`embedding_dim` floats each, see GET /v1/tasks)",
     )
-    async def embed(body: EmbedRequest) -> JSONResponse:
+    async def embed(request: Request, body: EmbedRequest) -> JSONResponse:
+        admit(request, len(body.texts), embeddings=True)
         return JSONResponse(await service.embed(body.texts, body.normalize))
 
     @app.post(
@@ -249,7 +275,8 @@ def create_app(service: IngressApi) -> FastAPI:
         responses=_errors(*_BODY_ERRORS, model=OpenAIErrorResponse),
         summary="OpenAI-compatible embeddings (the `openai` SDK's embeddings.create)",
     )
-    async def openai_embeddings(body: OpenAIEmbeddingsRequest) -> JSONResponse:
+    async def openai_embeddings(request: Request, body: OpenAIEmbeddingsRequest) -> JSONResponse:
+        admit(request, _count(body.input), embeddings=True)
         return JSONResponse(await service.openai_embeddings(**body.model_dump()))
 
     @app.post(
@@ -258,7 +285,8 @@ def create_app(service: IngressApi) -> FastAPI:
         responses=_errors(*_BODY_ERRORS, ErrorKind.unknown_task),
         summary="Hugging Face text-classification with one task (huggingface_hub's InferenceClient, TEI's shape)",
     )
-    async def classify(task: str, body: ClassifyRequest) -> JSONResponse:
+    async def classify(request: Request, task: str, body: ClassifyRequest) -> JSONResponse:
+        admit(request, _count(body.inputs), [task])
         return JSONResponse(await service.classify(task, body.inputs, body.parameters.top_k))
 
     @app.get(
@@ -268,13 +296,13 @@ def create_app(service: IngressApi) -> FastAPI:
         summary="Tasks, their labels and evaluation metrics",
     )
     async def tasks() -> JSONResponse:
-        return JSONResponse(service.tasks())
+        return JSONResponse(await service.tasks())
 
     @app.get(
         "/healthz",
         response_model=HealthResponse,
         responses=_errors(ErrorKind.unavailable),
-        summary="200 when every deployment answers, else 503",
+        summary="200 when the encoder and every ready head answer, else 503",
     )
     async def healthz() -> JSONResponse:
         return JSONResponse(await service.health())
@@ -286,4 +314,4 @@ def create_app(service: IngressApi) -> FastAPI:
     return app
 
 
-__all__ = ["BearerAuth", "HttpPolicy", "HttpSettings", "IngressApi", "JsonBodyGuard", "create_app"]
+__all__ = ["ApiKeyAuth", "IngressApi", "JsonBodyGuard", "admit", "create_app"]

@@ -7,7 +7,9 @@
     await handle.classify.remote("topic", "a sentence")             # same list as POST /v1/classify/topic (HF)
 
 Only the heads asked for are called, concurrently; each text goes through the encoder once, whatever the number
-of heads, and its embedding is shared by all of them.
+of heads, and its embedding is shared by all of them. The Encoder and each head are applications of their own
+(graph.py); the Ingress finds the heads through its `user_config` (`tasks:`, `deployments/task_routes.py`), so
+tasks come and go without a restart.
 """
 
 from __future__ import annotations
@@ -27,21 +29,24 @@ from deployments.batcher import ContinuousBatcher
 from deployments.encoded_texts import EncodedTexts
 from deployments.errors import ErrorKind, ServiceError, replica_died, to_service_error
 from deployments.hf_compat import ClassifyRequest, ranked
-from deployments.http import HttpPolicy, create_app
+from deployments.http import create_app
 from deployments.metrics import IngressMetrics
 from deployments.openai_compat import OpenAIEmbeddingsRequest, check_dimensions, embeddings_response
 from deployments.options import DEFAULT_OPTIONS
 from deployments.schemas import EmbedRequest, PredictRequest, parse_request
-from deployments.settings import IngressSettings
-from multitask.checkpoint.manifest import manifest_summary, read_manifest
-from multitask.config import unknown_task_message
-from multitask.storage import checkpoint_name, locate_checkpoint
+from deployments.settings import HttpPolicy, IngressSettings
+from deployments.task_routes import TaskRoutes
+from multitask.task_names import head_deployment_name
 
 logger = logging.getLogger("ray.serve")
 
 BATCH_MAX_TEXTS = 64
 """Texts per gathered batch of requests (a larger request goes alone)."""
 BATCHES_IN_FLIGHT = 2
+HEAD_PROBE_S = 0.5
+"""How often a starting head is pinged (a new task answers within this of its head being up)."""
+MODEL_REFRESH_S = 10.0
+"""How often the encoder's identity (the `model` block of answers) is read again (an encoder rollout changes it)."""
 
 
 @serve.deployment(name="Ingress", **DEFAULT_OPTIONS["Ingress"])
@@ -49,20 +54,10 @@ BATCHES_IN_FLIGHT = 2
 class Ingress:
     http_policy: HttpPolicy  # what the HTTP layer enforces (deployments/http.py's IngressApi)
 
-    def __init__(
-        self,
-        checkpoint: str,
-        encoder: DeploymentHandle,
-        heads: dict[str, DeploymentHandle],
-        checkpoint_cache_dir: str | None = None,
-    ):
-        self.manifest = read_manifest(locate_checkpoint(checkpoint, checkpoint_cache_dir))  # a URI: fetched once
-        task_names = self.manifest.model.task_names
-        if sorted(heads) != sorted(task_names):
-            raise ValueError(f"Heads {sorted(heads)} do not match the checkpoint's tasks {task_names}.")
-        self.encoder = encoder
-        self.heads = {task: heads[task] for task in task_names}  # checkpoint order = default result order
-        self.model_info = {**manifest_summary(self.manifest), "checkpoint": checkpoint_name(checkpoint)}
+    async def __init__(self, encoder_app: str):
+        self.encoder = _deployment("Encoder", encoder_app)
+        self.routes = TaskRoutes(lambda task, app: _deployment(head_deployment_name(task), app))
+        self.model_info = (await self.encoder.info.remote())["model"]  # waits for the encoder application
         self.settings = IngressSettings()
         self.http_policy = self.settings.http_policy()
         self.inflight = 0  # predict/embed calls this replica works on now (shed past max_inflight_requests)
@@ -72,19 +67,36 @@ class Ingress:
         self._batcher = ContinuousBatcher(
             self._run_batch, BATCH_MAX_TEXTS, max_in_flight=BATCHES_IN_FLIGHT, size=lambda request: len(request[0])
         )
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
         logger.info(
             f"multitask ready: POST /v1/predict, /v1/predict/{{task}}, /v1/embed, /v1/embeddings (OpenAI), "
             f"/v1/classify/{{task}} (Hugging Face); GET / (a page to try it), /v1/tasks, /healthz, /openapi.json, "
-            f"/docs (tasks {task_names}, checkpoint {checkpoint}), on http_options' host:port "
+            f"/docs (encoder application {encoder_app!r}, {self.model_info}), on http_options' host:port "
             "(127.0.0.1:8000 in serve_config.local.yaml; HAProxy there with serve.env, else Serve's proxy)."
         )
 
-    def reconfigure(self, user_config: dict) -> None:
+    async def reconfigure(self, user_config: dict) -> None:
         settings = IngressSettings.model_validate(user_config or {})
-        self.http_policy = settings.http_policy()  # raises (the deploy fails) if the named token is not there
+        # raises (the deploy fails) if a named token or key file is not there; unchanged keys keep their buckets
+        self.http_policy = settings.http_policy(previous=self.http_policy)
         self.settings = settings
-        auth = "on" if self.http_policy.bearer_token else "off"
-        logger.info(f"Ingress settings: {settings.model_dump()}; bearer-token auth {auth}")
+        self.routes.configure(settings.tasks)
+        # wait for the heads of tasks added: on a first start the application is then ready only once its heads
+        # answer; on a running replica requests go on meanwhile (a task not answering yet gets 503 unavailable)
+        deadline = asyncio.get_running_loop().time() + settings.task_start_wait_s
+        while self.routes.starting and asyncio.get_running_loop().time() < deadline:
+            await self.routes.probe(timeout_s=2.0)
+            if self.routes.starting:
+                await asyncio.sleep(HEAD_PROBE_S)
+        if self.routes.starting:
+            logger.warning(
+                f"Tasks {self.routes.starting} still starting after {settings.task_start_wait_s:.0f} s: their heads "
+                "do not answer (`serve status` says why); they answer 503 unavailable until they do"
+            )
+        keys = self.http_policy.keys
+        auth = f"on, keys {keys.names}" if keys else "off"
+        logged = settings.model_dump(exclude={"api_keys"})  # names only: never a key or its digest in the log
+        logger.info(f"Ingress settings: {logged}; API-key auth {auth}")
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_app(self)
@@ -96,7 +108,7 @@ class Ingress:
             request = parse_request(
                 PredictRequest, self.settings, texts=texts, tasks=tasks, return_embeddings=return_embeddings
             )
-            tasks = self._check_tasks(request.tasks)
+            tasks = self.routes.check(request.tasks)
             checked = request.checked
             results = await self._within_deadline(
                 lambda: self._predict(checked.texts, checked.clipped, tasks, request.return_embeddings)
@@ -137,7 +149,7 @@ class Ingress:
                 dimensions=dimensions,
                 user=user,
             )
-            check_dimensions(request.dimensions, self.manifest.model.embedding_dim)
+            check_dimensions(request.dimensions, self.model_info["embedding_dim"])
             texts = request.checked.texts
             encoded: EncodedTexts = await self._within_deadline(lambda: self.encoder.encode.remote(texts))
             return embeddings_response(
@@ -152,30 +164,30 @@ class Ingress:
         best first (the first `top_k` labels; all when None)."""
         with self._observe("classify"), self._admit():
             request = parse_request(ClassifyRequest, self.settings, inputs=inputs, parameters={"top_k": top_k})
-            tasks = self._check_tasks([task])
+            tasks = self.routes.check([task])
             checked = request.checked
             results = await self._within_deadline(lambda: self._predict(checked.texts, checked.clipped, tasks, False))
             return [ranked(result[task]["scores"], request.parameters.top_k) for result in results]
 
-    def tasks(self) -> dict:
-        """`GET /v1/tasks`: every task with its labels, evaluation metrics and calibration."""
-        manifest = self.manifest
+    async def tasks(self) -> dict:
+        """`GET /v1/tasks`: every ready task with its labels, evaluation metrics and calibration (asked of its head,
+        so a swapped head shows its own), and the tasks still `starting`."""
+        ready = self.routes.ready
+        try:
+            infos = await asyncio.gather(*(self.routes.handle(task).info.remote() for task in ready))
+        except Exception as exc:
+            raise to_service_error(exc) from exc
+        fields = ("name", "labels", "metrics", "calibration")
         return {
-            "tasks": [
-                {
-                    "name": spec.name,
-                    "labels": list(spec.labels),
-                    "metrics": manifest.metrics.get(spec.name, {}),
-                    "calibration": manifest.calibration.get(spec.name, {}),
-                }
-                for spec in manifest.model.tasks
-            ],
+            "tasks": [{key: info[key] for key in fields} for info in infos],
+            "starting": self.routes.starting,
             "model": self.model_info,
         }
 
     async def health(self) -> dict:
-        """`GET /healthz`: ping every deployment; raise `unavailable` (503) naming those that did not answer."""
-        handles = [self.encoder, *self.heads.values()]
+        """`GET /healthz`: ping the encoder and every ready head; raise `unavailable` (503) naming those that did not
+        answer. Heads still starting are listed as such (their tasks answer 503 alone; the others are healthy)."""
+        handles = [self.encoder, *(self.routes.handle(task) for task in self.routes.ready)]
         answers = await asyncio.gather(
             *(asyncio.wait_for(_ping(handle), self.settings.health_timeout_s) for handle in handles),
             return_exceptions=True,
@@ -186,7 +198,14 @@ class Ingress:
         failing = [name for name, state in status.items() if state != "ok"]
         if failing:
             raise ServiceError(ErrorKind.unavailable, f"Deployments not answering: {', '.join(failing)}.")
-        return {"status": "ok", "deployments": status}
+        starting = {head_deployment_name(task): "starting" for task in self.routes.starting}
+        return {"status": "ok", "deployments": {**status, **starting}}
+
+    def count_key_request(self, key: str, status: int, texts: int) -> None:
+        """Per API key (its name, never the key): requests by HTTP status, and texts admitted."""
+        self.metrics.key_requests.inc(tags={"key": key, "status": str(status)})
+        if texts:
+            self.metrics.key_texts.inc(texts, tags={"key": key})
 
     def count_http_error(self, kind: ErrorKind) -> None:
         """Errors of the HTTP layer (schema, body size, routing), which never reach the methods above. The
@@ -228,13 +247,13 @@ class Ingress:
         texts = [text for request_texts, _ in requests for text in request_texts]
         starts = np.cumsum([0] + [len(request_texts) for request_texts, _ in requests])
         encoded: EncodedTexts = await self.encoder.encode.remote(texts)
+        asked_tasks = dict.fromkeys(task for _, asked in requests for task in asked)
         rows = {  # task -> rows of `texts` whose request asked for it
             task: [i for r, (_, asked) in enumerate(requests) if task in asked for i in range(starts[r], starts[r + 1])]
-            for task in self.heads
+            for task in asked_tasks
         }
-        rows = {task: picked for task, picked in rows.items() if picked}
         calls = [
-            self.heads[task].classify.remote(
+            self.routes.handle(task).classify.remote(
                 encoded
                 if len(picked) == len(texts)
                 else EncodedTexts(encoded.embeddings[picked], [], encoded.fingerprint)
@@ -269,16 +288,20 @@ class Ingress:
                     continue
                 raise to_service_error(exc) from exc
 
-    def _check_tasks(self, tasks: list[str] | None) -> list[str]:
-        if tasks is None:
-            return list(self.heads)
-        unknown = [task for task in tasks if task not in self.heads]
-        if unknown:
-            raise ServiceError(ErrorKind.unknown_task, unknown_task_message(unknown[0], list(self.heads)))
-        repeated = sorted({task for task in tasks if tasks.count(task) > 1})
-        if repeated:
-            raise ServiceError(ErrorKind.validation_error, f"tasks: {repeated} listed more than once; name each once.")
-        return list(tasks)  # the asked order
+    async def _watch(self) -> None:
+        """For the replica's life: ping the starting heads every HEAD_PROBE_S (a task is served once its head
+        answers), and read the encoder's identity again every MODEL_REFRESH_S."""
+        loop = asyncio.get_running_loop()
+        refreshed = loop.time()
+        while True:
+            try:
+                await self.routes.probe(timeout_s=2.0)
+                if loop.time() - refreshed > MODEL_REFRESH_S:
+                    self.model_info = (await asyncio.wait_for(self.encoder.info.remote(), 5.0))["model"]
+                    refreshed = loop.time()
+            except Exception as exc:  # noqa: BLE001 - the watcher must outlive any failure; the next round retries
+                logger.warning(f"Ingress watcher: {type(exc).__name__}: {exc}")
+            await asyncio.sleep(HEAD_PROBE_S)
 
     @contextmanager
     def _admit(self) -> Iterator[None]:
@@ -314,3 +337,9 @@ def _unit_norm(embeddings: np.ndarray) -> np.ndarray:
 
 async def _ping(handle: DeploymentHandle) -> str:
     return await handle.ping.remote()
+
+
+def _deployment(name: str, app: str) -> DeploymentHandle:
+    """A handle to another application's deployment, resolved on first use (applications deploy concurrently: it may
+    not exist yet; `_check_exists=False` also keeps the constructor from a blocking controller call)."""
+    return serve.get_deployment_handle(name, app, _check_exists=False)

@@ -20,6 +20,10 @@ class IngressMetrics:
         self.task_requests = Counter("multitask_task_requests", "Requests that asked for a task.", tag_keys=("task",))
         self.task_texts = Counter("multitask_task_texts", "Texts classified, per task.", tag_keys=("task",))
         self.errors = Counter("multitask_errors", "Error responses by kind.", tag_keys=("error_type",))
+        self.key_requests = Counter(
+            "multitask_key_requests", "HTTP requests per API key name, by status.", tag_keys=("key", "status")
+        )
+        self.key_texts = Counter("multitask_key_texts", "Texts admitted per API key name.", tag_keys=("key",))
         self.latency_ms = Histogram(
             "multitask_request_latency_ms", "End-to-end latency in the ingress.", LATENCY_BUCKETS_MS, ("endpoint",)
         )

@@ -13,6 +13,8 @@ from typing import Any
 from deployments.settings import EncoderSettings, HeadSettings, IngressSettings
 
 MIB = 2**20
+HEAD_POLICY = {"policy_function": "deployments.busy_time:BusyTimePolicy", "policy_kwargs": {"target_busy": 0.5}}
+"""Heads scale on the share of time they are busy, not on requests in flight (deployments/busy_time.py)."""
 
 
 def _options(
@@ -25,12 +27,14 @@ def _options(
     target_ongoing_requests: int,
     min_replicas: int = 1,
     user_config: dict[str, Any],
+    policy: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One deployment's options; what the three deployments share is written here once."""
     return {
         "max_ongoing_requests": max_ongoing_requests,
         "max_queued_requests": max_queued_requests,
         "autoscaling_config": {
+            **({"policy": policy} if policy else {}),
             "min_replicas": min_replicas,
             "initial_replicas": min_replicas,
             "max_replicas": max_replicas,
@@ -52,7 +56,7 @@ def _options(
 
 
 DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
-    # 0.25 + 2 x 0.5 + 2 x 0.25 = 1.75 CPUs: every replica fits on 2 cores
+    # 0.25 + 2 x 0.5 + 2 x 0.1 = 1.45 CPUs: every replica fits on 2 cores, with room for 5 more heads
     "Ingress": _options(
         num_cpus=0.25,
         memory_mib=512,
@@ -76,14 +80,16 @@ DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
         # Ray sets OMP_NUM_THREADS=1 in replicas: the encoder's threads come from here
         user_config=EncoderSettings(threads=1, max_batch_size=4, max_batch_tokens=512).model_dump(),
     ),
-    # every head deployment (TopicHead, SentimentHead, ...): one class bound once per task
-    "TaskHead": _options(
-        num_cpus=0.25,
+    # every head deployment (TopicHead, SentimentHead, ...): one class bound once per task; a head call takes about a
+    # millisecond, so a tenth of a core each
+    "Head": _options(
+        num_cpus=0.1,
         memory_mib=512,
         max_ongoing_requests=64,
         max_queued_requests=256,
         max_replicas=2,
         target_ongoing_requests=16,
         user_config=HeadSettings().model_dump(),
+        policy=HEAD_POLICY,
     ),
 }

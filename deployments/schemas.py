@@ -16,26 +16,12 @@ from typing import ClassVar, Self, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, model_validator
 
 from deployments.errors import ErrorKind, ServiceError, describe_errors, request_check_error
+from deployments.settings import TextLimits
 
 _EXAMPLE_TEXTS = ["The new phone ships with a faster chip.", "Stocks fell sharply after the announcement."]
 
 
 # --- the texts of a request ---------------------------------------------------------------------------------------
-class TextLimits(BaseModel):
-    """How many texts a request may carry and how much of each the service reads (part of the Ingress's
-    `user_config`, `deployments/settings.py`; changed at runtime, so they are validation context, not schema)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    max_texts_per_request: int = Field(default=64, gt=0, description="More texts -> 413 too_many_texts.")
-    max_chars_per_text: int = Field(
-        default=100_000,
-        gt=0,
-        description="Characters of a text the service reads; the rest is dropped and the text flagged `truncated` "
-        "(the encoder reads at most its token window anyway). Never an error: bodies are bounded by max_body_bytes.",
-    )
-
-
 @dataclass(frozen=True)
 class CheckedTexts:
     """A request's texts after the checks: what to encode, in order, and which of them were cut."""
@@ -203,13 +189,18 @@ class TaskInfo(BaseModel):
 
 
 class TasksResponse(BaseModel):
-    tasks: list[TaskInfo]
+    tasks: list[TaskInfo] = Field(description="The tasks that answer, in the configured order.")
+    starting: list[str] = Field(
+        default_factory=list, description="Tasks added whose head does not answer yet (503 unavailable until it does)."
+    )
     model: ModelInfo
 
 
 class HealthResponse(BaseModel):
     status: str = Field(examples=["ok"])
-    deployments: dict[str, str] = Field(description="Each deployment's answer to a ping.")
+    deployments: dict[str, str] = Field(
+        description="Each deployment's answer to a ping (`starting`: a head of a task added, not answering yet)."
+    )
 
 
 class ErrorResponse(BaseModel):

@@ -2,13 +2,15 @@
 
 Start the service on a Ray cluster first, then run this against that cluster's address:
 
+    set -a; . ./serve.env; set +a                      # RAY_AUTH_MODE=token: Ray's token auth (README, Security)
+    ray get-auth-token --generate > /dev/null          # the token, in ~/.ray/auth_token (or set RAY_AUTH_TOKEN)
     ray start --head                                   # a local cluster that other drivers can join
     serve run serve_config.local.yaml --non-blocking   # deploys `multitask` onto it
     RAY_ADDRESS=auto python examples/call_from_another_app.py
     ray stop
 
-(`RAY_AUTH_MODE=disabled` in the environment for a local cluster without token auth. On a real cluster set
-RAY_ADDRESS to its address, e.g. ray://head:10001 or the GCS address.)
+(On a real cluster set RAY_ADDRESS to its address, e.g. the GCS address <head>:6379, with RAY_AUTH_MODE=token and
+the cluster's RAY_AUTH_TOKEN in the environment: without the token, Ray refuses the driver.)
 
 It deploys a tiny application, `digest`, whose replicas reach the classifier by its application name only
 (`serve.get_app_handle("multitask")`), calls it, prints the answers, and deletes `digest` again. The handle

@@ -102,6 +102,22 @@ def read_task_file(path: str | Path, task: TaskSpec) -> TaskDataset:
     return TaskDataset(task=task.name, examples=tuple(examples), source=str(path))
 
 
+def file_labels(path: str | Path) -> tuple[str, ...]:
+    """The distinct labels of a file's rows, sorted: a new task's labels when none are given. Rows without a string
+    label are skipped here; `read_task_file` reports them with their lines."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found.")
+    labels: set[str] = set()
+    try:
+        for _, row, _ in read_rows(path):
+            if row is not None and isinstance(row.get("label"), str) and row["label"]:
+                labels.add(row["label"])
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    return tuple(sorted(labels))
+
+
 def _row_problem(row: dict, label_ids: dict[str, int]) -> str | None:
     text, label = row.get("text"), row.get("label")
     if not isinstance(text, str):

@@ -18,7 +18,7 @@ from multitask.training.report import plot_confusion_matrix
 
 
 @torch.inference_mode()
-def task_probabilities(
+def label_probabilities(
     model: MultiTaskModel, task: str, texts: list[str], batch_size: int = 128, progress: bool = True
 ) -> np.ndarray:
     """(n, num_labels) calibrated probabilities, batching texts of similar length together (`MultiTaskModel.embed`)."""
@@ -34,7 +34,7 @@ def evaluate_file(
     model = load_model(checkpoint)
     spec = model.config.task(task)
     dataset = read_task_file(data, spec)
-    probabilities = task_probabilities(model, task, [e.text for e in dataset.examples], progress=progress)
+    probabilities = label_probabilities(model, task, [e.text for e in dataset.examples], progress=progress)
     metrics = classification_metrics([e.label for e in dataset.examples], probabilities, spec.labels)
     metrics["data"] = str(data)
     if plots_dir is not None:

@@ -4,7 +4,7 @@ in eval mode, read from the checkpoint's `model.safetensors`:
 
     probabilities = softmax((relu(x @ W1.T + b1) @ W2.T + b2) / temperature)
 
-    head = NumpyHead.load("checkpoints/default", "topic", encoder_fingerprint="b987d2a51d8e8322")
+    head = NumpyHead.load("checkpoints/default", "topic", encoder_fingerprint="623b1b2b2099a7e9")
     head.probabilities(embeddings)          # (n, embedding_dim) float32 -> (n, 6)
 
 `check_checkpoint` validates every head by loading it here, the way the head replicas do.

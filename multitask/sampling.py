@@ -18,7 +18,9 @@ class SamplingStrategy(str, Enum):
     round_robin = "round_robin"
 
 
-def task_probabilities(sizes: dict[str, int], strategy: SamplingStrategy, temperature: float = 2.0) -> dict[str, float]:
+def task_sampling_probabilities(
+    sizes: dict[str, int], strategy: SamplingStrategy, temperature: float = 2.0
+) -> dict[str, float]:
     """The probability of drawing each task under a strategy (round-robin is uniform)."""
     strategy = SamplingStrategy(strategy)  # a plain string ("proportional") must not fall through to temperature
     if not sizes or any(n <= 0 for n in sizes.values()):
@@ -43,7 +45,9 @@ def task_schedule(
     """The task of each of `steps` training steps."""
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
-    probabilities = task_probabilities(sizes, strategy, temperature)  # validates sizes and strategy for every strategy
+    probabilities = task_sampling_probabilities(
+        sizes, strategy, temperature
+    )  # validates sizes and strategy for every strategy
     tasks = list(sizes)
     if SamplingStrategy(strategy) is SamplingStrategy.round_robin:
         return [tasks[i % len(tasks)] for i in range(steps)]

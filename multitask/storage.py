@@ -6,7 +6,8 @@
     upload_checkpoint("checkpoints/default", "s3://bucket/multitask/v3")
 
 Every consumer (the graph builder, each replica, the CLI) calls `locate_checkpoint`, so a URI works wherever a path
-does. URIs go through `pyarrow.fs`, the layer Ray uses for storage: `s3://`, `gs://`, `hdfs://`, `abfs://`, `file://`.
+does. Head artifacts (`multitask add-task`, multitask/head_artifact.py) are uploaded and fetched the same way, checked
+by `check_head_artifact` instead (`check_artifact` tells them apart). URIs go through `pyarrow.fs`, the layer Ray uses for storage: `s3://`, `gs://`, `hdfs://`, `abfs://`, `file://`.
 S3 credentials and endpoint: pyarrow reads the standard variables itself when it opens a URI
 (`FileSystem.from_uri`, as here and in Ray Train; its `S3FileSystem(...)` constructor ignores AWS_ENDPOINT_URL):
 `AWS_ENDPOINT_URL` (an S3-compatible server, e.g. MinIO or a test server on 127.0.0.1), `AWS_ACCESS_KEY_ID`,
@@ -54,8 +55,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DIGEST_FORMAT = 1
-DEFAULT_CACHE_DIR = Path.home() / ".cache" / "multitask" / "checkpoints"
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CHECKPOINT_CACHE_DIR = Path.home() / ".cache" / "multitask" / "checkpoints"
+INSTALL_ROOT = Path(__file__).resolve().parents[1]
+"""Where relative checkpoint paths resolve when not found from the working directory: beside graph.py (the repo,
+or site-packages, where the wheel installs `checkpoints/default`)."""
 _CHUNK = 8 << 20
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
 _UPLOAD_HINT = "upload one with `multitask upload`, `multitask train --output URI` or `multitask bundle SRC URI`"
@@ -74,16 +77,16 @@ def checkpoint_name(location: str | Path) -> str:
 def locate_checkpoint(location: str | Path, cache_dir: str | Path | None = None) -> Path:
     """The local directory of the checkpoint at `location`: a URI's copy in the node-local cache (fetched on first
     use, into `cache_dir`, default ~/.cache/multitask/checkpoints); an absolute path as it is; a relative path from
-    the working directory if it exists there, else from the project root (replicas and the Serve controller do not
+    the working directory if it exists there, else from `INSTALL_ROOT` (replicas and the Serve controller do not
     share the shell's working directory)."""
     if is_uri(location):
-        return fetch_checkpoint(str(location), Path(cache_dir or DEFAULT_CACHE_DIR).expanduser())
+        return fetch_checkpoint(str(location), Path(cache_dir or CHECKPOINT_CACHE_DIR).expanduser())
     path = Path(location).expanduser()
     if path.is_absolute():
         return path
     if path.exists():
         return path.resolve()
-    return PROJECT_ROOT / path
+    return INSTALL_ROOT / path
 
 
 def cache_key(files: FileDigests) -> str:
@@ -98,7 +101,7 @@ def upload_checkpoint(local_dir: str | Path, uri: str) -> FileDigests:
     """Copy the checkpoint in `local_dir` to `uri` (overwriting files of the same names there) and write its digest
     file last. Refuses a directory that fails `check_checkpoint`. Returns the digest written."""
     directory = Path(local_dir)
-    check_checkpoint(directory)
+    check_artifact(directory)
     files = file_digests(directory)
     remote = _Remote.open(uri)
     try:
@@ -138,8 +141,12 @@ def fetch_checkpoint(uri: str, cache_dir: Path) -> Path:
 def _fetch_without_digest(remote: _Remote, cache_dir: Path) -> Path:
     """A checkpoint without a digest file: download it whole, key it by what arrived, remember the listing."""
     listing = remote.listing()
-    if CONFIG_FILE not in listing:
-        raise CheckpointError(f"{remote.uri} holds no {CONFIG_FILE}: it is not a checkpoint; {_UPLOAD_HINT}.")
+    from multitask.head_artifact import HEAD_FILE
+
+    if CONFIG_FILE not in listing and HEAD_FILE not in listing:
+        raise CheckpointError(
+            f"{remote.uri} holds no {CONFIG_FILE} (nor {HEAD_FILE}): it is not a checkpoint or head; {_UPLOAD_HINT}."
+        )
     uri_key = hashlib.sha256(remote.uri.encode()).hexdigest()[:32]
     memo = cache_dir / ".listings" / f"{uri_key}.json"
     with _locked(cache_dir, uri_key):
@@ -184,7 +191,7 @@ def _download(remote: _Remote, files: FileDigests, cache_dir: Path, label: str) 
                 )
         (staging / DIGEST_FILE).write_text(_digest_json(digest))
         try:
-            check_checkpoint(staging)
+            check_artifact(staging)
         except CheckpointError as exc:  # name the stored files, not the staging folder about to be removed
             message = str(exc).replace(str(staging), remote.uri)
             raise CheckpointError(f"{remote.uri} is not a usable checkpoint: {message}") from None
@@ -192,6 +199,31 @@ def _download(remote: _Remote, files: FileDigests, cache_dir: Path, label: str) 
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def check_artifact(directory: Path) -> None:
+    """`check_checkpoint`, or for a head artifact (`multitask add-task`; a folder with `head.json` and no
+    `config.json`) `check_head_artifact`: uploads and fetches carry both kinds the same way."""
+    from multitask.head_artifact import check_head_artifact, is_head_artifact
+
+    if is_head_artifact(directory) and not (directory / CONFIG_FILE).is_file():
+        check_head_artifact(directory)
+    else:
+        check_checkpoint(directory)
+
+
+def fetch_file(location: str | Path, directory: Path) -> Path:
+    """A single file (a data file, say): a local path as it is; a storage URI downloaded into `directory` under
+    its own name (so its suffix still says its format)."""
+    if not is_uri(location):
+        return Path(location).expanduser()
+    parent, _, name = str(location).rstrip("/").rpartition("/")
+    if not name or "://" not in parent:
+        raise CheckpointError(f"{location} names no file; give the URI of a file (s3://bucket/data/train.jsonl).")
+    directory.mkdir(parents=True, exist_ok=True)
+    destination = directory / name
+    _Remote.open(parent).download(name, destination)
+    return destination
 
 
 def _publish(staging: Path, target: Path) -> None:

@@ -16,18 +16,24 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 # Every Ray these tests start serves as `make run` does: with serve.env's settings (HAProxy, throughput-optimized
 # Serve), set before anything imports ray.serve.
-from deployments.serve_env import read_serve_env
-from tests.support.ports import private_haproxy_env
+from operations.ports import private_haproxy_env
+from operations.serve_env import read_serve_env
 
 for _key, _value in read_serve_env().items():
-    os.environ.setdefault(_key, _value)
+    if _key != "RAY_AUTH_MODE":  # the tests' own local Rays run without it (Makefile); the tests of auth turn it on
+        os.environ.setdefault(_key, _value)
 
 
 # HAProxy mode uses fixed ports (stats 8404, metrics 9101, Serve's fallback proxy 8500/9500) and files under
 # /tmp/haproxy-serve: give this session's own, so that a service already running here (`make run`) does not collide
-# with the ones the tests start; a test that starts a second Ray meanwhile gives it another set (tests/support/ports.py).
+# with the ones the tests start; a test that starts a second Ray meanwhile gives it another set (operations/ports.py).
 for _key, _value in private_haproxy_env().items():
     os.environ.setdefault(_key, _value)
+
+# Serve kills and restarts a proxy whose readiness check takes over 5 s, and `serve.start` then fails with the dead
+# actor: seen here when other jobs loaded the 2 cores (load average 15) while a test's Ray started. Startup only:
+# nothing that the tests serve or measure depends on it.
+os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30")
 
 from pathlib import Path
 
@@ -40,7 +46,7 @@ from multitask.model import MultiTaskModel
 from tests.support.paths import SHIPPED_CHECKPOINT
 
 TESTS = Path(__file__).resolve().parent
-TIERS = ("unit", "model", "graph", "local_ray")
+TIERS = ("unit", "model", "graph", "local_ray", "batch")
 """Folders whose tests get their folder's marker (pyproject.toml describes each): `pytest -m "unit or model"`."""
 
 

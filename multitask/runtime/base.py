@@ -2,7 +2,7 @@
 embeddings. The torch (`torch_runtime.py`) and onnx (`onnx_runtime.py`) runtimes say only how to tokenize and how to
 run one pass; `encode` and `forward`, written once here, do the rest the same way for both.
 
-    batch = runtime.encode(texts, max_batch=32, max_tokens=4096)   # EncodedBatch: embeddings, truncated, ...
+    batch = runtime.encode(texts, max_batch=32, max_tokens=4096)   # ForwardResult: embeddings, truncated, ...
     embeddings, truncated = runtime.forward(["a sentence", "another"])   # (2, embedding_dim) float32, [False, False]
 """
 
@@ -12,7 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
-from multitask.runtime.passes import EncodedBatch, run_in_passes
+from multitask.runtime.passes import ForwardResult, run_in_passes
 from multitask.runtime.text_window import Tokenized, tokenize_in_window
 
 
@@ -25,6 +25,9 @@ class EncoderRuntime(Protocol):
     fingerprint: str  # the fingerprint of the encoder's weights: the checkpoint's heads were trained on it
     embedding_dim: int
     max_length: int  # tokens read per text (special tokens included); longer texts are cut
+    max_pass_texts: int = 0
+    """The most texts one pass of this runtime may hold (0 = no limit). 1 where a pass's arithmetic depends on its
+    batch mates (int8 with one activation scale per pass): each text then runs alone, so its answer is its own."""
 
     def set_threads(self, threads: int) -> None: ...
 
@@ -40,15 +43,17 @@ class EncoderRuntime(Protocol):
 
     def encode(
         self, texts: list[str], threads: int = 0, max_batch: int = 0, max_tokens: int = 0, progress: str | None = None
-    ) -> EncodedBatch:
+    ) -> ForwardResult:
         """Texts -> their embeddings, truncation flags and token counts, in input order. Blocking.
 
         The texts are tokenized once (long ones only as far as the window reaches: `text_window.py`), sorted by token
         count and run in passes of at most `max_batch` texts and `max_tokens` padded tokens (0 = no limit).
         `threads` > 0 sets the runtime's threads first (torch's are per calling thread: Serve runs this in a worker
-        thread)."""
+        thread). A runtime's `max_pass_texts` caps `max_batch`, whatever the caller asks."""
         if threads and threads != self.threads:
             self.set_threads(threads)
+        if self.max_pass_texts:
+            max_batch = min(max_batch or self.max_pass_texts, self.max_pass_texts)
         tokenized = tokenize_in_window(list(texts), self.max_length, self.tokenize)
         return run_in_passes(tokenized, self.embed_pass, self.embedding_dim, max_batch, max_tokens, progress)
 

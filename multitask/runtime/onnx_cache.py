@@ -26,12 +26,13 @@ INT8_ONNX_FILE, INT8_FILE = "encoder.int8.onnx", "int8.json"
 INT8_FORMAT = 1
 """Bump when the int8 recipe changes (`onnx_export.quantize_export`): older int8 files in a cache are then redone."""
 PRECISIONS = ("float32", "int8")
-DEFAULT_CACHE_DIR = Path.home() / ".cache" / "multitask" / "onnx"
+ONNX_CACHE_DIR = Path.home() / ".cache" / "multitask" / "onnx"
 EXPORT_TIMEOUT_S = 1800.0
 ERROR_PREFIX = "multitask-error: "
 """The export subprocess reports a MultitaskError (e.g. the checkpoint's fingerprint does not match its encoder) on
 a stderr line starting with this, so that `ensure_export` raises the same error class in the caller."""
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]
+"""The folder that holds the `multitask` package: on the export subprocess's PYTHONPATH."""
 
 
 def ensure_export(checkpoint: str | Path, cache_dir: str | Path | None = None, precision: str = "float32") -> Path:
@@ -42,10 +43,13 @@ def ensure_export(checkpoint: str | Path, cache_dir: str | Path | None = None, p
         raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     checkpoint = Path(checkpoint)
     digest = encoder_digest(checkpoint)
-    directory = Path(cache_dir or DEFAULT_CACHE_DIR).expanduser() / digest[:24]
+    directory = Path(cache_dir or ONNX_CACHE_DIR).expanduser() / digest[:24]
     if export_digest(directory, precision) == digest:
         return directory
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_PARENT), os.environ.get("PYTHONPATH")])),
+    }
     command = [
         sys.executable, "-m", "multitask.runtime.onnx_export", str(checkpoint), str(directory), "--precision", precision
     ]  # fmt: skip

@@ -31,7 +31,7 @@ from multitask.runtime.text_window import Tokenized
 
 class OnnxEncoderRuntime(EncoderRuntime):
     """An exported encoder (`ensure_export`'s directory) on CPU; `precision` int8 runs the quantized file (weights
-    int8, activations quantized per pass; outputs float32)."""
+    int8, activations quantized per pass, so one text per pass; outputs float32)."""
 
     device = "cpu"
 
@@ -41,6 +41,10 @@ class OnnxEncoderRuntime(EncoderRuntime):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
         self.dtype = precision
+        # dynamic int8 quantizes each activation with one scale per tensor, i.e. per pass: batch mates and their
+        # padding would move a text's answer (by up to 0.33 of confidence). One text per pass keeps it the text's
+        # own, at ~1.3x the CPU per text of passes of 4 (bench/batch_invariance.py); float32 passes are invariant
+        self.max_pass_texts = 1 if precision == "int8" else 0
         self.directory = Path(directory)
         self.info = json.loads((self.directory / EXPORT_FILE).read_text())
         self.tokenizer = Tokenizer.from_file(str(self.directory / TOKENIZER_FILE))
@@ -105,4 +109,5 @@ class OnnxEncoderRuntime(EncoderRuntime):
             "runtime": "onnx",
             "max_length": self.max_length,
             "dimension": self.embedding_dim,
+            "max_pass_texts": self.max_pass_texts,
         }

@@ -13,7 +13,7 @@ from multitask.runtime.text_window import Tokenized
 
 
 @dataclass(frozen=True)
-class EncodedBatch:
+class ForwardResult:
     """Texts run through an encoder, in input order."""
 
     embeddings: np.ndarray  # (n, width) float32
@@ -48,7 +48,7 @@ def run_in_passes(
     max_batch: int = 0,
     max_tokens: int = 0,
     progress: str | None = None,
-) -> EncodedBatch:
+) -> ForwardResult:
     """`run_pass` (unpadded token ids of one pass -> (pass size, width) outputs) over every text, in
     `length_batches`; the outputs put back in input order. `progress`: a progress bar with this title."""
     ids = [row for row, _ in tokenized]
@@ -65,4 +65,4 @@ def run_in_passes(
         out[rows] = run_pass([ids[i] for i in rows])
         seconds.append(time.perf_counter() - start)
         sizes.append(len(rows))
-    return EncodedBatch(out, [overflowed for _, overflowed in tokenized], lengths, sizes, seconds)
+    return ForwardResult(out, [overflowed for _, overflowed in tokenized], lengths, sizes, seconds)

@@ -5,7 +5,6 @@ multitask train --config configs/default.yaml
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 
 import yaml
@@ -15,13 +14,8 @@ from multitask.config import ModelConfig
 from multitask.errors import MultitaskError
 from multitask.finetune import FinetuneMode, LoraSpec
 from multitask.sampling import SamplingStrategy
+from multitask.training.class_weights import ClassWeighting
 from multitask.training.wise_ft import WiseFtSettings
-
-
-class ClassWeighting(str, Enum):
-    none = "none"  # plain cross-entropy
-    balanced = "balanced"  # weight_c = n / (num_classes * n_c), as scikit-learn's "balanced"
-    sqrt = "sqrt"  # the square root of "balanced": a milder correction
 
 
 class TaskData(BaseModel):

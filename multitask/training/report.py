@@ -109,6 +109,14 @@ def write_report(
                 f"| {task} | {split} | {m['examples']} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} "
                 f"| {m['macro_recall']:.4f} | {m['ece']:.4f} |"
             )
+    without_test = [task for task, splits in metrics.items() if "test" not in splits]
+    if without_test:
+        note = (
+            f"**No test split for {', '.join(without_test)}**: the numbers above come from the validation split, the "
+            "one that chose the kept epoch and fitted the calibration, so they are optimistic. Hold out a test split "
+            "(`data.<task>.test` in the config) for an unbiased estimate."
+        )
+        lines += ["", note]
     if wise_ft:
         plot_wise_ft(wise_ft, directory / "wise_ft.png")
         lines += ["", "## WiSE-FT (alpha chosen on validation)", ""]

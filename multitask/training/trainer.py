@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 import math
 import os
 import random
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,13 +38,12 @@ from multitask.runtime.select import pick_device
 from multitask.runtime.torch_runtime import TorchEncoderRuntime
 from multitask.sampling import task_schedule
 from multitask.training.calibration import fit_temperature
-from multitask.training.config import ClassWeighting, TrainConfig
+from multitask.training.class_weights import class_weights
+from multitask.training.config import TrainConfig
 from multitask.training.embedding_cache import cached_pooled_embeddings
 from multitask.training.metrics import classification_metrics, expected_calibration_error
 from multitask.training.report import HISTORY_FILE, write_report
 from multitask.training.wise_ft import interpolate
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -117,18 +116,17 @@ class TaskFeed:
                 yield shard[start : start + batch_size]
 
 
+def quiet_model_loading() -> None:
+    """No "Loading weights" bar from transformers in this process: `--no-progress` means no bars at all."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def class_weights(dataset: TaskDataset, num_labels: int, weighting: ClassWeighting) -> torch.Tensor | None:
-    if weighting is ClassWeighting.none:
-        return None
-    counts = torch.tensor(dataset.label_counts(num_labels), dtype=torch.float).clamp(min=1)
-    weights = counts.sum() / (num_labels * counts)  # scikit-learn's "balanced"
-    return weights.sqrt() if weighting is ClassWeighting.sqrt else weights
 
 
 def load_splits(config: TrainConfig) -> dict[str, dict[str, TaskDataset]]:
@@ -141,6 +139,13 @@ def load_splits(config: TrainConfig) -> dict[str, dict[str, TaskDataset]]:
             rng = random.Random(config.training.seed)
             subset = rng.sample(list(train.examples), files.max_train_examples)
             train = TaskDataset(task.name, tuple(subset), train.source)
+        unseen = [label for label, count in zip(task.labels, train.label_counts(len(task.labels))) if not count]
+        if unseen:  # the head keeps an output for each, which training never raises: say so, do not refuse
+            tqdm.write(
+                f"warning: task {task.name!r}: label(s) {unseen} of the config have no training examples in "
+                f"{train.source}; the model will (almost) never predict them.",
+                file=sys.stderr,
+            )
         splits[task.name] = {"train": train, "validation": read_task_file(files.validation, task)}
         if files.test is not None:
             splits[task.name]["test"] = read_task_file(files.test, task)
@@ -168,6 +173,8 @@ def train(config: TrainConfig, context: WorkerContext | None = None, progress: b
         torch.set_num_threads(settings.torch_threads)
     device = context.device or torch.device(pick_device(settings.device))
     show = progress and context.is_main
+    if not show:
+        quiet_model_loading()
 
     splits = load_splits(config)
     model, feeds = _build_model(config, splits, device, show)
@@ -181,6 +188,8 @@ def wise_ft_checkpoint(config: TrainConfig, checkpoint: str | Path, progress: bo
     already trained with `config`'s model: `training.wise_ft` applied after the fact, without training again."""
     checkpoint = Path(checkpoint)
     settings = config.training
+    if not progress:
+        quiet_model_loading()
     if settings.wise_ft is None:
         raise MultitaskError("The training config has no training.wise_ft section: nothing to apply.")
     manifest = read_manifest(checkpoint)
@@ -271,12 +280,18 @@ def _fit(config: TrainConfig, context: WorkerContext, module: TrainingModule, fe
             }
         )
         if context.is_main:
-            tqdm.write(f"epoch {epoch}: validation macro-F1 {validation} mean {score:.4f}")
+            tqdm.write(f"epoch {epoch}: validation macro-F1 {validation} mean {score:.4f}", file=sys.stderr)
         if best.stop_after(score, module):
             if context.is_main:
-                tqdm.write(f"early stopping: no gain for {best.stale} epoch(s); keeping the best epoch")
+                tqdm.write(
+                    f"early stopping: no gain for {best.stale} epoch(s); keeping the best epoch", file=sys.stderr
+                )
             break
     module.load_state_dict(best.state)
+    if context.is_main:
+        tqdm.write(
+            f"kept epoch {best.epoch} of {len(history)}: validation mean macro-F1 {best.score:.4f}", file=sys.stderr
+        )
     return history
 
 
@@ -337,11 +352,13 @@ class _BestEpoch:
 
     def __init__(self, patience: int):
         self.patience = patience
-        self.score, self.state, self.stale = -1.0, None, 0
+        self.score, self.state, self.stale, self.epoch, self.epochs = -1.0, None, 0, 0, 0
 
     def stop_after(self, score: float, module: nn.Module) -> bool:
+        self.epochs += 1
         if score > self.score:
             self.score, self.state, self.stale = score, copy.deepcopy(module.state_dict()), 0
+            self.epoch = self.epochs
             return False
         self.stale += 1
         return self.stale >= self.patience

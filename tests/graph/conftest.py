@@ -1,9 +1,10 @@
 """The real serving graph, deployed once for every test in tests/graph/ and torn down after them.
 
 A local Ray (no dashboard, token auth off), Serve's HTTP proxy on a free port of 127.0.0.1, and the application
-of serve_config.local.yaml (every deployment option of the file, but one Encoder replica) on a temporary
-checkpoint: the real embedded encoder with seeded, untrained heads (so the tests do not depend on training), plus
-evaluation metrics to report.
+of serve_config.local.yaml as users run it (every deployment option and `args` of the file, its runtime included:
+int8 today; but one Encoder replica) on a temporary checkpoint: the real embedded encoder with seeded, untrained
+heads (so the tests do not depend on training), plus evaluation metrics to report. The service's answers are
+compared with `served_model`, the same checkpoint and runtime in-process, within `ANSWER_TOLERANCE`.
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from deployments.options import DEFAULT_OPTIONS
 from graph import APP_NAME
 from multitask.checkpoint.load import load_model, save_checkpoint
 from multitask.model import MultiTaskModel
+from multitask.served_model import ServedModel
 from tests.support.graph_under_test import GraphClient, graph_under_test, local_config_with
+from tests.support.paths import LOCAL_CONFIG
 
 from .helpers import METRICS
 
@@ -32,8 +36,18 @@ def checkpoint_dir(minilm_model: MultiTaskModel, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def reference_model(checkpoint_dir: Path) -> MultiTaskModel:
-    """The same checkpoint loaded in-process: what the service must agree with."""
+    """The same checkpoint loaded in-process with torch: its tokenizer and fingerprint (its float32 answers are
+    the ONNX runtimes' own parity tests' business: tests/model)."""
     return load_model(checkpoint_dir)
+
+
+@pytest.fixture(scope="package")
+def served_model(service) -> ServedModel:
+    """The service's checkpoint through the runtime the service runs (`LOCAL_RUNTIME`, from the service's ONNX
+    cache) and the numpy heads, in this process: what every answer of the service must equal."""
+    return ServedModel.load(
+        service.checkpoint, runtime=LOCAL_RUNTIME, device="cpu", dtype="float32", onnx_cache_dir=service.onnx_cache
+    )
 
 
 ONE_ENCODER = {
@@ -47,9 +61,8 @@ ONE_ENCODER = {
 """The local config's Encoder, one replica instead of one per core: the batching tests read `Encoder.stats`, which
 is one replica's (tests/graph/test_serve_run.py serves the file's two)."""
 
-RUNTIME = "onnx"
-"""The float32 encoder: the tests here compare the service with the in-process torch model within 1e-4, closer than
-the local config's int8 encoder comes (tests/graph/test_onnx_int8.py checks int8 against float32)."""
+LOCAL_RUNTIME = yaml.safe_load(LOCAL_CONFIG.read_text())["applications"][0]["args"]["runtime"]
+"""The encoder runtime the shipped local config serves (onnx-int8), which the graph here serves too."""
 
 
 @dataclass(kw_only=True)
@@ -63,16 +76,15 @@ class Service(GraphClient):
         reconfigures the ingress replica in place, nothing restarts."""
         from ray import serve
 
-        from graph import app_from_config
+        from graph import apps_from_config
 
         with tempfile.TemporaryDirectory() as directory:
             changed = local_config_with(
                 Path(directory) / "serve_config.yaml", ingress=ingress_user_config, encoder=ONE_ENCODER
             )
-            app, _ = app_from_config(
-                changed, checkpoint=str(self.checkpoint), runtime=RUNTIME, onnx_cache_dir=str(self.onnx_cache)
-            )
-        serve.run(app, name=APP_NAME, route_prefix="/")
+            apps, _ = apps_from_config(changed, checkpoint=str(self.checkpoint), onnx_cache_dir=str(self.onnx_cache))
+        (ingress,) = [configured for configured in apps if configured.name == APP_NAME]
+        serve.run(ingress.app, name=ingress.name, route_prefix=ingress.route_prefix)
 
 
 @pytest.fixture(scope="package")
@@ -81,11 +93,9 @@ def service(checkpoint_dir: Path, tmp_path_factory) -> Service:
 
     # a fresh ONNX cache: the Encoder exports this checkpoint on start, as on a user's first run
     onnx_cache = tmp_path_factory.mktemp("onnx-cache")
-    # the local config asks for 1.75 CPUs; one more leaves room for the second application of the handle tests
+    # the local config asks for 1.45 CPUs; the rest leaves room for the second application of the handle tests
     config = local_config_with(tmp_path_factory.mktemp("config") / "serve_config.yaml", encoder=ONE_ENCODER)
-    with graph_under_test(
-        config, num_cpus=3, checkpoint=str(checkpoint_dir), runtime=RUNTIME, onnx_cache_dir=str(onnx_cache)
-    ) as url:
+    with graph_under_test(config, num_cpus=3, checkpoint=str(checkpoint_dir), onnx_cache_dir=str(onnx_cache)) as url:
         yield Service(
             url,
             checkpoint=checkpoint_dir,

@@ -15,7 +15,7 @@ import ray
 from ray import serve
 
 from deployments.errors import ErrorKind, ServiceError
-from graph import APP_NAME
+from graph import APP_NAME, ENCODER_APP, head_app_name
 from tests.support.paths import ROOT
 
 from .helpers import assert_matches_model, sample_texts
@@ -52,8 +52,9 @@ def _round(value, digits: int = 5):
 
 
 def test_the_local_config_reaches_the_replicas(service):
-    info = serve.get_deployment_handle("Encoder", app_name=APP_NAME).info.remote().result()
-    assert (info["device"], info["dtype"], info["runtime"]) == ("cpu", "float32", "onnx")
+    info = serve.get_deployment_handle("Encoder", app_name=ENCODER_APP).info.remote().result()
+    assert (info["device"], info["dtype"], info["runtime"]) == ("cpu", "int8", "onnx")  # runtime: onnx-int8
+    assert info["max_pass_texts"] == 1  # each text alone: its answer never depends on its batch mates
     assert info["settings"] == {
         "max_batch_size": 4,
         "max_batch_tokens": 512,
@@ -98,17 +99,18 @@ def test_handle_errors_carry_the_same_kinds(ingress, kwargs, kind):
     assert raised.value.kind == kind
 
 
-def test_only_the_asked_heads_are_called(service, ingress, reference_model):
-    status = serve.status().applications[APP_NAME].deployments
-    heads = {name: serve.get_deployment_handle(name, app_name=APP_NAME) for name in ("TopicHead", "SentimentHead")}
-    for name in heads:  # one replica each, so its counters see every call
-        assert status[name].replica_states == {"RUNNING": 1}, status[name]
+def test_only_the_asked_heads_are_called(service, ingress, served_model):
+    apps = {"TopicHead": head_app_name("topic"), "SentimentHead": head_app_name("sentiment")}
+    heads = {name: serve.get_deployment_handle(name, app_name=app) for name, app in apps.items()}
+    for name, app in apps.items():  # one replica each, so its counters see every call
+        status = serve.status().applications[app].deployments[name]
+        assert status.replica_states == {"RUNNING": 1}, status
     before = {name: handle.stats.remote().result() for name, handle in heads.items()}
 
     texts = sample_texts(5)
     result = ingress.predict.remote(texts, tasks=["topic"]).result()
     assert service.post("/v1/predict/topic", json={"texts": texts}).status_code == 200
-    for got, want in zip(result["results"], reference_model.predict(texts, tasks=["topic"])):
+    for got, want in zip(result["results"], served_model.predict(texts, tasks=["topic"])):
         assert_matches_model(got, want, ["topic"])
 
     after = {name: handle.stats.remote().result() for name, handle in heads.items()}
@@ -118,7 +120,7 @@ def test_only_the_asked_heads_are_called(service, ingress, reference_model):
 
 
 def test_one_encoder_pass_per_text_for_both_heads(ingress):
-    encoder = serve.get_deployment_handle("Encoder", app_name=APP_NAME)
+    encoder = serve.get_deployment_handle("Encoder", app_name=ENCODER_APP)
     before = encoder.stats.remote().result()
     ingress.predict.remote(sample_texts(6)).result()  # both heads
     assert encoder.stats.remote().result()["texts"] - before["texts"] == 6
@@ -154,7 +156,7 @@ def test_a_head_refuses_embeddings_from_another_encoder(service):
     from deployments.encoded_texts import EncodedTexts
     from multitask.errors import EncoderMismatchError
 
-    head = serve.get_deployment_handle("TopicHead", app_name=APP_NAME)
+    head = serve.get_deployment_handle("TopicHead", app_name=head_app_name("topic"))
     foreign = EncodedTexts(np.zeros((2, 1024), np.float32), [False, False], fingerprint="0123456789abcdef")
     with pytest.raises(EncoderMismatchError, match="0123456789abcdef"):
         head.classify.remote(foreign).result()

@@ -5,44 +5,47 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import torch
 
-from .helpers import METRICS, assert_matches_model, sample_texts
+from graph import ENCODER_APP
+
+from .helpers import ANSWER_TOLERANCE, METRICS, assert_matches_model, sample_texts
 
 TOPIC_LABELS = ["Technology", "Business", "Sports", "Entertainment", "Politics", "Science/Health"]
 SENTIMENT_LABELS = ["positive", "neutral", "negative"]
 
 
-def test_predict_every_task_in_input_order_matches_the_in_process_model(service, reference_model):
+def test_predict_every_task_in_input_order_matches_the_in_process_model(service, served_model, reference_model):
     texts = sample_texts(12)
     response = service.post("/v1/predict", json={"texts": texts, "return_embeddings": True})
     assert response.status_code == 200, response.text
     body = response.json()
     assert len(body["results"]) == len(texts)
-    expected = reference_model.predict(texts, return_embeddings=True)
-    for got, want in zip(body["results"], expected):
+    embeddings, _ = served_model.runtime.forward(texts)
+    for got, want, embedding in zip(body["results"], served_model.predict(texts), embeddings):
         assert list(got) == ["topic", "sentiment", "embedding", "truncated"]
         assert got["truncated"] is False
         assert_matches_model(got, want, ["topic", "sentiment"])
         assert len(got["embedding"]) == 1024
-        assert np.allclose(got["embedding"], want["embedding"], atol=1e-4)
+        assert np.allclose(got["embedding"], embedding, atol=ANSWER_TOLERANCE)
     assert body["model"]["fingerprint"] == reference_model.encoder.fingerprint
     assert body["model"]["embedding_dim"] == 1024
 
 
-def test_results_follow_input_order(service, reference_model):
+def test_results_follow_input_order(service):
     texts = sample_texts(8)
     forward = service.post("/v1/predict", json={"texts": texts}).json()["results"]
     backward = service.post("/v1/predict", json={"texts": texts[::-1]}).json()["results"]
     for a, b in zip(forward, backward[::-1]):
         for task in ("topic", "sentiment"):
-            assert np.allclose(list(a[task]["scores"].values()), list(b[task]["scores"].values()), atol=1e-4)
+            assert np.allclose(
+                list(a[task]["scores"].values()), list(b[task]["scores"].values()), atol=ANSWER_TOLERANCE
+            )
     # and the texts are told apart: no two neighbours share all their scores
     scores = [tuple(result["topic"]["scores"].values()) for result in forward]
     assert len(set(scores)) == len(scores)
 
 
-def test_predict_one_task_returns_only_that_task(service, reference_model):
+def test_predict_one_task_returns_only_that_task(service, served_model):
     texts = sample_texts(3)
     for path, body in (
         ("/v1/predict", {"texts": texts, "tasks": ["sentiment"]}),
@@ -52,7 +55,7 @@ def test_predict_one_task_returns_only_that_task(service, reference_model):
         assert response.status_code == 200, response.text
         results = response.json()["results"]
         assert [sorted(result) for result in results] == [["sentiment", "truncated"]] * 3
-        for got, want in zip(results, reference_model.predict(texts, tasks=["sentiment"])):
+        for got, want in zip(results, served_model.predict(texts, tasks=["sentiment"])):
             assert list(got["sentiment"]["scores"]) == SENTIMENT_LABELS
             assert_matches_model(got, want, ["sentiment"])
 
@@ -65,25 +68,24 @@ def test_tasks_come_back_in_the_asked_order_and_duplicates_are_refused(service):
     assert repeated.status_code == 422 and repeated.json()["error_type"] == "validation_error"
 
 
-def test_embed_normalized_and_raw_match_the_in_process_encoder(service, reference_model):
+def test_embed_normalized_and_raw_match_the_in_process_encoder(service, served_model):
     texts = sample_texts(5)
-    with torch.inference_mode():
-        raw = reference_model.encoder(**reference_model.encoder.tokenize(texts)).numpy()
+    raw, _ = served_model.runtime.forward(texts)
     normalized = service.post("/v1/embed", json={"texts": texts}).json()
     assert normalized["dimension"] == 1024 and normalized["truncated"] == [False] * 5
     got = np.array(normalized["embeddings"])
     assert got.shape == (5, 1024)
     assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
-    assert np.allclose(got, raw / np.linalg.norm(raw, axis=1, keepdims=True), atol=1e-4)
+    assert np.allclose(got, raw / np.linalg.norm(raw, axis=1, keepdims=True), atol=ANSWER_TOLERANCE)
     unnormalized = service.post("/v1/embed", json={"texts": texts, "normalize": False}).json()
-    assert np.allclose(np.array(unnormalized["embeddings"]), raw, atol=1e-4)
+    assert np.allclose(np.array(unnormalized["embeddings"]), raw, atol=ANSWER_TOLERANCE)
 
 
-def test_long_text_is_truncated_and_flagged(service, reference_model):
+def test_long_text_is_truncated_and_flagged(service, served_model):
     long_text = "The match went to extra time. " * 400  # far past 128 tokens: the encoder reads the first 128
     body = service.post("/v1/predict", json={"texts": ["Short one.", long_text]}).json()
     assert [result["truncated"] for result in body["results"]] == [False, True]
-    assert_matches_model(body["results"][1], reference_model.predict([long_text])[0], ["topic", "sentiment"])
+    assert_matches_model(body["results"][1], served_model.predict([long_text])[0], ["topic", "sentiment"])
     assert service.post("/v1/embed", json={"texts": [long_text]}).json()["truncated"] == [True]
 
 
@@ -131,13 +133,13 @@ def test_json_is_read_whatever_the_content_type(service):
         assert response.json()["results"][0]["topic"]["label"]
 
 
-def test_concurrent_requests_are_batched_and_each_gets_its_own_results(service, reference_model):
+def test_concurrent_requests_are_batched_and_each_gets_its_own_results(service, served_model):
     from ray import serve
 
-    encoder = serve.get_deployment_handle("Encoder", app_name="multitask")
+    encoder = serve.get_deployment_handle("Encoder", app_name=ENCODER_APP)
     before = encoder.stats.remote().result()
     texts = sample_texts(24)
-    expected = reference_model.predict(texts, tasks=["topic"])
+    expected = served_model.predict(texts, tasks=["topic"])
 
     def one(i: int) -> dict:
         response = service.post("/v1/predict", json={"texts": [texts[i]], "tasks": ["topic"]})

@@ -1,5 +1,6 @@
-"""The int8 encoder (`runtime: onnx-int8`): close to float32 (the export's own cosine bound), the same truncation
-flags and token counts, cached beside the float32 export, and served by the Encoder deployment."""
+"""The int8 encoder (`runtime: onnx-int8`, what the local config and so the graph here serve): close to float32 (the
+export's own cosine bound), the same truncation flags and token counts, one text per pass, cached beside the
+float32 export, and what the deployed Encoder runs."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from ray import serve
 
-from deployments.encoder import Encoder
+from graph import ENCODER_APP
 from multitask.runtime.onnx_cache import INT8_FILE, INT8_ONNX_FILE, ONNX_FILE, ensure_export
 from multitask.runtime.onnx_export import INT8_MIN_COSINE
 from multitask.runtime.onnx_runtime import OnnxEncoderRuntime
@@ -30,7 +31,7 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def runtimes(service) -> tuple[OnnxEncoderRuntime, OnnxEncoderRuntime]:
-    """The deployed graph's ONNX cache (its Encoder exported the float32 file): quantized once, here."""
+    """The deployed graph's ONNX cache: its Encoder exported the float32 file and quantized it on first start."""
     return (
         OnnxEncoderRuntime.load(service.checkpoint, service.onnx_cache, threads=2),
         OnnxEncoderRuntime.load(service.checkpoint, service.onnx_cache, threads=2, precision="int8"),
@@ -45,7 +46,7 @@ def test_int8_embeddings_stay_within_the_exports_cosine_bound(runtimes):
     assert cosines(got.embeddings, want.embeddings).min() >= INT8_MIN_COSINE
     assert not np.allclose(got.embeddings, want.embeddings, atol=1e-4)  # really the quantized file
     assert got.truncated == want.truncated and got.truncated[:3] == [True, False, False]
-    assert got.token_counts == want.token_counts and max(got.pass_sizes) <= 4
+    assert got.token_counts == want.token_counts and got.pass_sizes == [1] * len(TEXTS)  # each text alone
     assert int8.describe()["dtype"] == "int8" and int8.fingerprint == float32.fingerprint
 
 
@@ -60,20 +61,16 @@ def test_the_int8_file_is_cached_beside_the_float32_export(service, runtimes):
     assert info["per_channel"] and info["probe_min_cosine"] >= INT8_MIN_COSINE
 
 
-def test_the_encoder_deployment_serves_int8(service, runtimes):
-    """A second application with only an int8 Encoder (on the service's ONNX cache, already quantized: it loads in
-    seconds), asked through its handle as the Ingress asks; compared with the float32 graph's own /v1/embed."""
+def test_the_deployed_encoder_serves_int8(service, runtimes):
+    """The graph's Encoder runs the int8 file, one text per pass: its /v1/embed is the int8 runtime's, within the
+    cosine bound of float32 and not float32 itself."""
+    float32, int8 = runtimes
     texts = TEXTS[:6]
-    app = Encoder.options(ray_actor_options={"num_cpus": 0.25}).bind(
-        str(service.checkpoint), "cpu", "float32", "onnx-int8", str(service.onnx_cache)
-    )
-    encoder = serve.run(app, name="encoder-int8", route_prefix=None)
-    try:
-        info = encoder.info.remote().result()
-        encoded = encoder.encode.remote(texts).result()
-    finally:
-        serve.delete("encoder-int8")
-    want = service.post("/v1/embed", json={"texts": texts, "normalize": False}).json()
-    assert (info["runtime"], info["dtype"]) == ("onnx", "int8")
-    assert cosines(encoded.embeddings, np.array(want["embeddings"])).min() >= INT8_MIN_COSINE
-    assert encoded.truncated == want["truncated"]
+    info = serve.get_deployment_handle("Encoder", app_name=ENCODER_APP).info.remote().result()
+    assert (info["runtime"], info["dtype"], info["max_pass_texts"]) == ("onnx", "int8", 1)
+    served = service.post("/v1/embed", json={"texts": texts, "normalize": False}).json()
+    got = np.array(served["embeddings"])
+    assert np.allclose(got, int8.forward(texts)[0], atol=1e-5)
+    assert cosines(got, float32.forward(texts)[0]).min() >= INT8_MIN_COSINE
+    assert not np.allclose(got, float32.forward(texts)[0], atol=1e-4)
+    assert served["truncated"] == [True, False, False, False, False, False]

@@ -68,6 +68,8 @@ def test_a_typed_sentence_gets_its_labels_shown_as_bars(service, browser):
         assert abs(fill / track - result[task]["confidence"]) < 0.02  # the bar is the probability
     assert browser.find_element(By.ID, "model-fingerprint").text == expected["model"]["fingerprint"]
     assert browser.find_element(By.ID, "model-embedding-size").text == "1024"
+    # the title names the served tasks, whatever they are
+    assert browser.find_element(By.ID, "title").text == "multitask: topic, sentiment"
     errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert not errors, errors  # no blocked or failed request, no script error
 

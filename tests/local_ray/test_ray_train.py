@@ -10,7 +10,7 @@ from multitask.checkpoint.format import ENCODER_FILE
 from multitask.checkpoint.load import load_model
 from multitask.finetune import FinetuneMode
 from multitask.training.config import TrainConfig
-from tests.support.ports import free_port
+from operations.ports import free_port
 from tests.support.tiny_tasks import SENTIMENT_PROBES, TOPIC_PROBES, tiny_config_dict
 
 ray = pytest.importorskip("ray")

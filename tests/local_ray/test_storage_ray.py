@@ -14,9 +14,9 @@ from multitask.checkpoint.format import MODEL_FILE
 from multitask.checkpoint.load import load_model, save_checkpoint
 from multitask.cli import main
 from multitask.storage import locate_checkpoint, upload_checkpoint
+from operations.ports import free_port
 from tests.support.graph_under_test import graph_under_test
 from tests.support.paths import LOCAL_CONFIG
-from tests.support.ports import free_port
 from tests.support.s3_server import s3_server
 from tests.support.tiny_tasks import TOPIC_PROBES, tiny_config_dict
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from graph import GraphArgs, build_app
+from graph import EncoderArgs, HeadArgs, build_encoder, build_head
 from multitask.checkpoint.check import check_checkpoint
 from multitask.checkpoint.format import CONFIG_FILE, ENCODER_FILE, MODEL_FILE
 from multitask.checkpoint.load import load_model
@@ -127,10 +127,15 @@ def damaged(directory: Path, case: BadCheckpoint) -> Path:
 
 @pytest.mark.parametrize("case", BAD_CHECKPOINTS, ids=[case.name for case in BAD_CHECKPOINTS])
 def test_the_graph_refuses_to_build_naming_the_file_and_the_fix(checkpoint_copy, case):
+    """The encoder application and a head application of the checkpoint both refuse it at deploy time."""
     path = damaged(checkpoint_copy, case)
-    with pytest.raises(CheckpointError) as error:
-        build_app(GraphArgs(checkpoint=str(checkpoint_copy)))
-    assert str(path) in str(error.value) and case.fix in str(error.value)
+    for build in (
+        lambda: build_encoder(EncoderArgs(checkpoint=str(checkpoint_copy))),
+        lambda: build_head(HeadArgs(task="topic", head=str(checkpoint_copy))),
+    ):
+        with pytest.raises(CheckpointError) as error:
+            build()
+        assert str(path) in str(error.value) and case.fix in str(error.value)
 
 
 @pytest.mark.parametrize("case", BAD_CHECKPOINTS, ids=[case.name for case in BAD_CHECKPOINTS])

@@ -230,7 +230,7 @@ def test_paths_resolve_as_before(tmp_path, monkeypatch):
 
 
 def test_cli_upload_and_predict_from_a_uri(bucket, local_checkpoint, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("multitask.storage.DEFAULT_CACHE_DIR", tmp_path / "cache")  # the CLI takes the default
+    monkeypatch.setattr("multitask.storage.CHECKPOINT_CACHE_DIR", tmp_path / "cache")  # the CLI takes the default
     uri = f"{bucket}/cli/v1"
     assert main(["upload", str(local_checkpoint), uri]) == 0
     capsys.readouterr()

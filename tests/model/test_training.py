@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -82,3 +84,40 @@ def test_unparsable_yaml_and_missing_file_are_clear_errors(tmp_path):
         load_train_config(path)
     with pytest.raises(MultitaskError, match="not found"):
         load_train_config(tmp_path / "missing.yaml")
+
+
+def test_train_refuses_to_write_over_a_checkpoint_unless_asked(tmp_path, capsys):
+    """`checkpoints/default` is tracked and a trained checkpoint is hours of work: an output folder holding files is
+    refused before anything is trained or written; `--overwrite` is how to mean it (`make train-default` passes it)."""
+    raw = tiny_config_dict(tmp_path)
+    existing = Path(raw["output_dir"])
+    existing.mkdir(parents=True)
+    (existing / "config.json").write_text('{"kept": true}')
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(raw))
+
+    assert main(["train", "--config", str(path), "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    assert "--overwrite" in error and str(existing) in error
+    assert (existing / "config.json").read_text() == '{"kept": true}' and len(list(existing.iterdir())) == 1
+
+    assert main(["train", "--config", str(path), "--no-progress", "--overwrite"]) == 0
+    assert "kept" not in (existing / "config.json").read_text() and (existing / "model.safetensors").is_file()
+    logged = capsys.readouterr().err
+    # no bars with --no-progress; the kept epoch named
+    assert "Loading weights" not in logged and "kept epoch" in logged
+
+
+def test_a_label_without_training_examples_is_named_in_a_warning(tmp_path, capsys):
+    from multitask.training.trainer import load_splits
+
+    raw = tiny_config_dict(tmp_path)
+    raw["model"]["tasks"][0]["labels"].append("weather")  # in the config, in no file
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    task = raw["model"]["tasks"][0]["name"]
+
+    splits = load_splits(load_train_config(path))
+    warning = capsys.readouterr().err
+    assert f"task {task!r}: label(s) ['weather']" in warning and "no training examples" in warning
+    assert len(splits[task]["train"]) > 0  # a warning, not a refusal

@@ -13,7 +13,7 @@ import psutil
 import pytest
 import requests
 
-from tests.support.graph_under_test import APP_NAME
+from tests.support.graph_under_test import app_of, deployment_statuses
 from tests.support.load import Load, assert_every_request_answered, errors_stopped_after
 
 from .conftest import MAX_INFLIGHT, REQUEST_TIMEOUT_S
@@ -67,14 +67,12 @@ def test_overload_at_4x_capacity_is_shed_quickly_and_nothing_hangs(deployed):
 def _replica_names(deployment: str) -> list[str]:
     import ray
 
-    prefix = f"SERVE_REPLICA::{APP_NAME}#{deployment}#"
+    prefix = f"SERVE_REPLICA::{app_of(deployment)}#{deployment}#"
     return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix))
 
 
 def _running_replicas(deployment: str) -> int:
-    from ray import serve
-
-    return serve.status().applications[APP_NAME].deployments[deployment].replica_states.get("RUNNING", 0)
+    return deployment_statuses()[deployment].replica_states.get("RUNNING", 0)
 
 
 def _replaced(deployment: str, victim: str, count: int) -> bool:

@@ -6,7 +6,7 @@ graph tests does (tests/graph, tests/reliability, tests/autoscaling, tests/local
         GraphClient(url).post("/v1/predict", json={"texts": ["Hello."]})
 
 A local Ray (`address="local"`: never another Ray running on this machine; no dashboard; token auth off), the
-file's application with `args` overridden by keyword, Serve's HTTP on a free port of 127.0.0.1, and the URL yielded
+file's applications (encoder, heads, ingress) with the Encoder's `args` overridden by keyword (`graph.apps_from_config`), Serve's HTTP on a free port of 127.0.0.1, and the URL yielded
 once `ready(url)` holds (within 60 s); Serve and Ray are shut down afterwards, whatever happened.
 """
 
@@ -22,9 +22,9 @@ from pathlib import Path
 import requests
 import yaml
 
-from graph import APP_NAME, app_from_config  # after the root conftest.py applied serve.env
+from graph import run_config  # after the root conftest.py applied serve.env
+from operations.ports import free_port
 from tests.support.paths import LOCAL_CONFIG
-from tests.support.ports import free_port
 
 READY_WITHIN_S = 60
 
@@ -50,28 +50,52 @@ class GraphClient:
 
 
 def local_config_with(
-    path: Path, ingress: dict | None = None, others: dict | None = None, encoder: dict | None = None
+    path: Path,
+    ingress: dict | None = None,
+    others: dict | None = None,
+    encoder: dict | None = None,
+    heads: dict | None = None,
 ) -> Path:
     """serve_config.local.yaml with the Ingress's `user_config` keys in `ingress` changed, the options in `others`
-    set on every other deployment and those in `encoder` on the Encoder, written to `path`."""
+    set on every other deployment, those in `encoder` on the Encoder and those in `heads` on every head, written to
+    `path`."""
     config = yaml.safe_load(LOCAL_CONFIG.read_text())
-    (application,) = config["applications"]
-    for deployment in application["deployments"]:
+    for deployment in (d for application in config["applications"] for d in application["deployments"]):
         if deployment["name"] == "Ingress":
             deployment["user_config"].update(ingress or {})
         else:
             deployment.update(others or {})
         if deployment["name"] == "Encoder":
             deployment.update(encoder or {})
-    path.write_text(yaml.safe_dump(config))
+        if deployment["name"].endswith("Head"):
+            deployment.update(heads or {})
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
 
+def deployment_statuses() -> dict:
+    """Serve's status of every deployment of every application it runs, by deployment name (the names are unique
+    across the service's applications: Encoder, <Task>Head, Ingress)."""
+    from ray import serve
+
+    return {name: status for app in serve.status().applications.values() for name, status in app.deployments.items()}
+
+
+def app_of(deployment: str) -> str:
+    """The application that runs `deployment` now."""
+    from ray import serve
+
+    (app,) = [name for name, app in serve.status().applications.items() if deployment in app.deployments]
+    return app
+
+
 def healthz_ok(url: str, headers: dict | None = None) -> bool:
+    """/healthz is 200 and no task is still starting (every configured head answers)."""
     try:
-        return requests.get(url + "/healthz", headers=headers, timeout=10).status_code == 200
+        response = requests.get(url + "/healthz", headers=headers, timeout=10)
     except requests.RequestException:  # not listening yet, or the app not routable yet
         return False
+    return response.status_code == 200 and "starting" not in response.json()["deployments"].values()
 
 
 @contextmanager
@@ -85,10 +109,8 @@ def graph_under_test(
     assert not ray.is_initialized(), "these tests need a Ray of their own; another test left one running"
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     try:
-        app, http_options = app_from_config(config, **args)
         port = free_port()
-        serve.start(http_options={**http_options, "host": "127.0.0.1", "port": port})
-        serve.run(app, name=APP_NAME, route_prefix="/")
+        run_config(config, port=port, **args)
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + READY_WITHIN_S
         while not ready(url):  # serve.run returns once replicas run; be sure the graph answers

@@ -8,7 +8,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, Self
 
 import requests
 
@@ -47,13 +47,14 @@ class Outcome:
 
 @dataclass
 class Load:
-    """`clients` threads posting /v1/predict back to back until `stop` is set or `max_s` passes; a request open
-    longer than `client_timeout_s` counts as hung (status 0)."""
+    """`clients` threads posting `body` to /v1/predict back to back until `stop` is set or `max_s` passes; a request
+    open longer than `client_timeout_s` counts as hung (status 0)."""
 
     service: Target
     clients: int
     max_s: float
     client_timeout_s: float
+    body: dict = field(default_factory=lambda: {"texts": TEXTS})
     outcomes: list[Outcome] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -76,9 +77,7 @@ class Load:
         start = failed.start if failed else time.monotonic()
         retries = failed.retries + 1 if failed else 0
         try:
-            response = session.post(
-                self.service.url + "/v1/predict", json={"texts": TEXTS}, timeout=self.client_timeout_s
-            )
+            response = session.post(self.service.url + "/v1/predict", json=self.body, timeout=self.client_timeout_s)
             try:
                 body = response.json() if response.status_code != 200 else {}
             except ValueError:  # not the service's error shape: a proxy's own error page
@@ -92,7 +91,8 @@ class Load:
                 detail=body.get("detail", ""),
                 retries=retries,
             )
-        except requests.ConnectionError as exc:
+        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+            # the connection closed before the answer was whole (a node died mid-response): lost in transit too
             return Outcome(start, time.monotonic(), 0, "ConnectionError", detail=str(exc)[:300], retries=retries)
         except requests.RequestException as exc:
             return Outcome(start, time.monotonic(), 0, type(exc).__name__, detail=str(exc)[:300], retries=retries)
@@ -107,6 +107,28 @@ class Load:
             for future in futures:
                 future.result()
         return self.outcomes
+
+
+class ThreadedLoad:
+    """`threads` threads running `self.client()` from `with` until its end (`stop` set, then joined)."""
+
+    def __init__(self, threads: int, join_s: float = 60):
+        self.stop = threading.Event()
+        self.join_s = join_s
+        self.threads = [threading.Thread(target=self.client, daemon=True) for _ in range(threads)]
+
+    def client(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(self.join_s)
 
 
 def assert_every_request_answered(outcomes: list[Outcome], allowed: set[int], deadline_s: float) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from tests.support.ports import free_port
+from operations.ports import free_port
 
 
 @dataclass

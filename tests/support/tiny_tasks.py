@@ -11,34 +11,8 @@ import random
 from pathlib import Path
 
 from multitask.config import EMBEDDED_ENCODER
+from multitask.example_data import TOPIC_TEMPLATES, TOPIC_WORDS
 
-TOPIC_WORDS = {
-    "sports": ["football match", "tennis final", "basketball game", "marathon race", "soccer team", "cricket series"],
-    "technology": [
-        "smartphone chip",
-        "software update",
-        "laptop processor",
-        "cloud database",
-        "computer virus",
-        "AI model",
-    ],
-    "politics": [
-        "parliament vote",
-        "election campaign",
-        "senate bill",
-        "prime minister",
-        "new tax law",
-        "foreign minister",
-    ],
-}
-TOPIC_TEMPLATES = [
-    "News today about the {w}.",
-    "Everyone is talking about the {w} this week.",
-    "A report on the {w} was published.",
-    "Latest coverage of the {w}.",
-    "Experts discussed the {w} on the radio.",
-    "The {w} made headlines again.",
-]
 SENTIMENT_WORDS = {
     "positive": ["wonderful", "excellent", "fantastic", "delightful", "amazing", "superb"],
     "negative": ["terrible", "awful", "horrible", "disgusting", "dreadful", "miserable"],

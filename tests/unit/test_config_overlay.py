@@ -1,4 +1,4 @@
-"""configs/serve_autoscaling.yaml and the overlay merge (deployments/config_overlay.py): the merged file is a full,
+"""configs/serve_autoscaling.yaml and the overlay merge (operations/config_overlay.py): the merged file is a full,
 valid Serve config that differs from serve_config.local.yaml only where the overlay says, and fits 2 CPUs at its
 maximum."""
 
@@ -8,21 +8,17 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from deployments.config_overlay import OverlayError, overlaid_config, write_overlaid
+from operations.config_overlay import OverlayError, deployments_by_name, overlaid_config, write_overlaid
 from tests.support.paths import ROOT, SHIPPED_CHECKPOINT
 
 OVERLAY = ROOT / "configs" / "serve_autoscaling.yaml"
-
-
-def deployments(config: dict) -> dict[str, dict]:
-    return {d["name"]: d for d in config["applications"][0]["deployments"]}
 
 
 def test_autoscaling_overlay_changes_only_the_heads_scaling_and_keeps_every_key():
     base = yaml.safe_load((ROOT / "serve_config.local.yaml").read_text())
     merged = overlaid_config(OVERLAY)
     ServeDeploySchema.model_validate(merged)
-    merged_deployments, base_deployments = deployments(merged), deployments(base)
+    merged_deployments, base_deployments = deployments_by_name(merged), deployments_by_name(base)
     assert merged_deployments["Encoder"] == base_deployments["Encoder"]
     assert merged_deployments["Ingress"] == base_deployments["Ingress"]
     for name in ("TopicHead", "SentimentHead"):
@@ -43,10 +39,10 @@ def test_autoscaling_overlay_changes_only_the_heads_scaling_and_keeps_every_key(
 
 
 def test_merged_config_is_a_file_serve_and_the_graph_accept(tmp_path):
-    from graph import app_from_config
+    from graph import apps_from_config
 
     path = write_overlaid(OVERLAY, tmp_path / "merged.yaml")
-    app_from_config(path, checkpoint=str(SHIPPED_CHECKPOINT))
+    apps_from_config(path, checkpoint=str(SHIPPED_CHECKPOINT))
 
 
 def test_overlay_naming_an_unknown_deployment_is_refused_with_the_file_named(tmp_path):

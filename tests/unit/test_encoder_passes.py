@@ -54,7 +54,7 @@ def test_gathered_calls_run_in_passes_and_each_pass_is_recorded():
     encoder = object.__new__(Encoder.func_or_class)  # the replica's state, without Serve
     encoder.runtime, encoder.metrics, encoder._broken = WordCountRuntime(), EncoderMetricsSeen(), None
     encoder.settings = EncoderSettings(max_batch_size=2, max_batch_tokens=8)
-    encoder._batches = encoder._texts = encoder._largest_batch = 0
+    encoder._batches = encoder._passes = encoder._texts = encoder._largest_batch = encoder._largest_pass = 0
     calls = [["one", "two words here", "a b"], ["w " * 20, "x y z"]]
 
     out = asyncio.run(encoder._encode_batch(calls))
@@ -64,5 +64,5 @@ def test_gathered_calls_run_in_passes_and_each_pass_is_recorded():
     # one gathered call of 5 texts; token counts 1, 2, 3, 3, 8 under 2 texts and 8 padded tokens a pass
     assert encoder.metrics.batch_size.values == [2, 2, 1]
     assert len(encoder.metrics.batch_latency_ms.values) == 3
-    assert encoder.stats() == {"batches": 3, "texts": 5, "largest_batch": 2}
+    assert encoder.stats() == {"batches": 1, "texts": 5, "largest_batch": 5, "passes": 3, "largest_pass": 2}
     assert encoder.metrics.tokens.values == [17] and encoder.metrics.truncated.values == [1]

@@ -9,8 +9,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from deployments.errors import ErrorKind
-from deployments.http import HttpSettings, IngressApi, create_app
+from deployments.http import IngressApi, create_app
 from deployments.ingress import Ingress
+from deployments.settings import HttpSettings
 from tests.support.fake_ingress import FakeIngress
 
 
@@ -106,3 +107,19 @@ def test_auth_named_but_missing_fails_the_deploy(settings, message, monkeypatch)
     monkeypatch.delenv("MULTITASK_UNSET_TOKEN", raising=False)
     with pytest.raises(ValueError, match=message):
         HttpSettings(**settings).http_policy()
+
+
+# --- /docs without the internet ------------------------------------------------------------------------------------
+def test_the_api_docs_page_loads_every_asset_from_the_service_itself():
+    """FastAPI's default /docs takes Swagger UI from a CDN (blank on an offline cluster); this one serves its own."""
+    import re
+
+    client = TestClient(create_app(FakeIngress()))
+    page = client.get("/docs")
+    assert page.status_code == 200 and "swagger-ui" in page.text
+    assert not re.findall(r"https?://", page.text), "the page names something off this service"
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert any(asset.endswith("swagger-ui-bundle.js") for asset in assets), assets
+    for asset in assets:
+        assert client.get(asset).status_code == 200, asset
+    assert client.get("/openapi.json").json()["info"]["title"]

@@ -4,7 +4,7 @@ No PyPI package ships KubeRay's CRD schema (and the CRD itself is ~1 MB, mostly 
 manifest is checked against the fields it uses, written down below as a small JSON schema from KubeRay v1.5.0's
 CRD `ray-operator/config/crd/bases/ray.io_rayservices.yaml` (apiVersion ray.io/v1; the same fields are documented
 at https://docs.ray.io/en/latest/cluster/kubernetes/user-guides/rayservice.html and in KubeRay's
-`docs/reference/api.md`) and Kubernetes' core/v1 PodSpec. Every object is closed (`additionalProperties: false`),
+`docs/reference/api.md`; `authOptions` from v1.5.1, which added it) and Kubernetes' core/v1 PodSpec. Every object is closed (`additionalProperties: false`),
 so a misspelt or misplaced key fails here instead of being silently pruned by the API server.
 """
 
@@ -15,7 +15,8 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from deployments.serve_env import read_serve_env
+from operations.config_overlay import deployments_by_name
+from operations.serve_env import read_serve_env
 from tests.support.paths import ROOT
 
 MANIFEST = ROOT / "deploy" / "kubernetes" / "rayservice.yaml"
@@ -92,6 +93,7 @@ RAYSERVICE_SCHEMA = closed(
                 "rayClusterConfig": closed(
                     {
                         "rayVersion": STRING,
+                        "authOptions": closed({"mode": {"enum": ["disabled", "token"]}}),
                         "enableInTreeAutoscaling": {"type": "boolean"},
                         "autoscalerOptions": closed(
                             {
@@ -154,17 +156,33 @@ def test_serve_config_v2_is_serve_config_yaml(manifest):
 
 
 def test_every_ray_container_gets_serve_env_and_the_storage_secret(manifest):
-    """serve.env's settings are read by Ray's processes when they start, so every node needs them; the optional
-    Secret carries S3 credentials for `checkpoint: s3://...`."""
+    """serve.env's settings are read by Ray's processes when they start, so every node needs them (RAY_AUTH_MODE
+    through authOptions, below); the optional Secret carries S3 credentials for `checkpoint: s3://...`."""
+    wanted = {name: value for name, value in read_serve_env().items() if name != "RAY_AUTH_MODE"}
     for name, container in ray_containers(manifest).items():
         env = {variable["name"]: variable["value"] for variable in container["env"]}
-        assert env == read_serve_env(), f"{name}: env differs from serve.env"
+        assert env == wanted, f"{name}: env differs from serve.env"
         assert {"secretRef": {"name": "multitask-storage", "optional": True}} in container["envFrom"], name
+
+
+def test_ray_token_auth_is_on_and_no_token_is_in_the_manifest(manifest):
+    """authOptions' token mode: KubeRay generates the token into a Secret and sets RAY_AUTH_MODE=token and
+    RAY_AUTH_TOKEN in every Ray container, the mode serve.env asks for. The dashboard listens beyond localhost
+    (KubeRay and `serve deploy` reach it) only because of that."""
+    cluster = manifest["spec"]["rayClusterConfig"]
+    assert cluster["authOptions"] == {"mode": "token"}
+    assert read_serve_env()["RAY_AUTH_MODE"] == "token"
+    major, minor, _ = (int(part) for part in cluster["rayVersion"].split("."))
+    assert (major, minor) >= (2, 52), "Ray's token auth needs Ray >= 2.52"
+    for name, container in ray_containers(manifest).items():
+        names = {variable["name"] for variable in container["env"]}
+        assert not names & {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"}, f"{name}: set by authOptions"
+    assert cluster["headGroupSpec"]["rayStartParams"]["dashboard-host"] == "0.0.0.0"
 
 
 def test_gpu_group_for_the_encoder_and_cpu_group_for_the_rest(manifest):
     serve_config = yaml.safe_load(manifest["spec"]["serveConfigV2"])
-    options = {d["name"]: d for d in serve_config["applications"][0]["deployments"]}
+    options = deployments_by_name(serve_config)
     containers = ray_containers(manifest)
     gpu_limits, cpu_limits = containers["gpu"]["resources"]["limits"], containers["cpu"]["resources"]["limits"]
     assert gpu_limits["nvidia.com/gpu"] == "1" and options["Encoder"]["ray_actor_options"]["num_gpus"] == 1
@@ -185,7 +203,7 @@ def test_serving_pods_are_ready_when_the_graph_answers(manifest):
     which serves nothing, keeps KubeRay's probes."""
     serve_config = yaml.safe_load(manifest["spec"]["serveConfigV2"])
     port = serve_config["http_options"]["port"]
-    ingress = next(d for d in serve_config["applications"][0]["deployments"] if d["name"] == "Ingress")
+    ingress = deployments_by_name(serve_config)["Ingress"]
     for name, container in ray_containers(manifest).items():
         if name == "head":
             assert "readinessProbe" not in container

@@ -9,8 +9,8 @@ import pytest
 from deployments.errors import ErrorKind, ServiceError
 from deployments.hf_compat import ClassifyRequest
 from deployments.openai_compat import OpenAIEmbeddingsRequest, check_dimensions
-from deployments.schemas import EmbedRequest, PredictRequest, TextLimits, parse_request
-from deployments.settings import IngressSettings
+from deployments.schemas import EmbedRequest, PredictRequest, parse_request
+from deployments.settings import IngressSettings, TextLimits
 
 LIMITS = TextLimits(max_texts_per_request=3, max_chars_per_text=10)
 

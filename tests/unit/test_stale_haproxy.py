@@ -1,4 +1,4 @@
-"""`python -m deployments.stale_haproxy` stops only this setup's HAProxy whose Ray is gone, nothing else.
+"""`python -m operations.stale_haproxy` stops only this setup's HAProxy whose Ray is gone, nothing else.
 
 Stand-ins, no Ray: a process with HAProxy's arguments (`-db -f <dir>/<node id>/haproxy.cfg`) started either as an
 orphan (its starter exits, as HAProxyManager does in a crash) or under a live parent titled like a Ray worker
@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from deployments.stale_haproxy import StaleHAProxySettings, find_stale_haproxies, stop_stale_haproxies
+from operations.stale_haproxy import StaleHAProxySettings, find_stale_haproxies, stop_stale_haproxies
 
 NODE_ID = "e72718b1dfb77af4864a93703a47c5ace604f1cdd3b756580b0b99c5"
 
@@ -104,7 +104,7 @@ def test_the_command_reports_what_it_stopped(tmp_path: Path, spawned: list[int])
     wait_cmdline(orphan)
     env = {**os.environ, "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{tmp_path}/haproxy.cfg"}
     result = subprocess.run(
-        [sys.executable, "-m", "deployments.stale_haproxy"], env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-m", "operations.stale_haproxy"], env=env, capture_output=True, text=True, check=True
     )
     assert f"stopped stale HAProxy pid {orphan}" in result.stderr
     assert _exited(orphan)

@@ -1,10 +1,10 @@
 """A Serve config overlay: a small YAML that names a base config and only the deployment options that differ.
 
-    python -m deployments.config_overlay configs/serve_autoscaling.yaml > /tmp/serve_autoscaling.yaml
+    python -m operations.config_overlay configs/serve_autoscaling.yaml > /tmp/serve_autoscaling.yaml
 
-The overlay's `deployments:` maps a deployment name to the keys to change; nested dicts (`autoscaling_config`,
+The overlay's `deployments:` maps a deployment name (of any of the config's applications) to the keys to change; nested dicts (`autoscaling_config`,
 `ray_actor_options`, `user_config`) merge key by key into the base's; its optional `runtime_env:` merges the same way
-into the application's (e.g. one more environment variable for every replica). The merged file therefore still spells every
+into every application's (e.g. one more environment variable for every replica). The merged file therefore still spells every
 key out, which matters because Serve replaces those dicts whole rather than merging them with the code's defaults.
 An overlay keeps a variant config (e.g. the autoscaling demo) from drifting from its base: everything it does not
 name comes from the base as it is now.
@@ -34,10 +34,22 @@ def deep_merge(base: dict, changes: dict) -> dict:
     return merged
 
 
+def deployments_by_name(config: dict) -> dict[str, dict]:
+    """Every deployment entry of a Serve config's applications (encoder, heads, ingress) by name; the names are
+    unique across this project's applications (graph.py)."""
+    found: dict[str, dict] = {}
+    for application in config["applications"]:
+        for deployment in application.get("deployments") or []:
+            if deployment["name"] in found:
+                raise OverlayError(f"deployment {deployment['name']!r} appears in two applications")
+            found[deployment["name"]] = deployment
+    return found
+
+
 def overlaid_config(overlay_path: str | Path) -> dict:
     """The base config named by the overlay's `base:` (relative to the overlay file) with its `deployments:`
-    changes applied to the one application's deployments of the same name, and its `runtime_env:` to the
-    application's."""
+    changes applied to the deployments of the same name (whichever application has them), and its `runtime_env:`
+    to every application's."""
     overlay_path = Path(overlay_path)
     overlay = yaml.safe_load(overlay_path.read_text()) or {}
     unknown_keys = set(overlay) - {"base", "deployments", "runtime_env"}
@@ -50,21 +62,21 @@ def overlaid_config(overlay_path: str | Path) -> dict:
     if not base_path.is_file():
         raise OverlayError(f"{overlay_path}: base config {base_path} does not exist; fix `base:`")
     config = yaml.safe_load(base_path.read_text())
-    (application,) = config["applications"]
-    names = [deployment["name"] for deployment in application["deployments"]]
+    names = list(deployments_by_name(config))
     changes: dict[str, Any] = overlay.get("deployments") or {}
     missing = sorted(set(changes) - set(names))
     if missing:
         raise OverlayError(f"{overlay_path}: no deployment {missing} in {base_path.name}. Available: {names}")
-    application["runtime_env"] = deep_merge(application.get("runtime_env") or {}, overlay.get("runtime_env") or {})
-    application["deployments"] = [
-        deep_merge(deployment, changes.get(deployment["name"], {})) for deployment in application["deployments"]
-    ]
+    for application in config["applications"]:
+        application["runtime_env"] = deep_merge(application.get("runtime_env") or {}, overlay.get("runtime_env") or {})
+        application["deployments"] = [
+            deep_merge(deployment, changes.get(deployment["name"], {})) for deployment in application["deployments"]
+        ]
     return config
 
 
 def write_overlaid(overlay_path: str | Path, out_path: str | Path) -> Path:
-    """The merged config written as a full Serve config file (for `serve run`, `serve deploy`, `app_from_config`)."""
+    """The merged config written as a full Serve config file (for `serve run`, `serve deploy`, `apps_from_config`)."""
     out_path = Path(out_path)
     out_path.write_text(yaml.safe_dump(overlaid_config(overlay_path), sort_keys=False))
     return out_path
@@ -72,5 +84,5 @@ def write_overlaid(overlay_path: str | Path, out_path: str | Path) -> Path:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m deployments.config_overlay OVERLAY.yaml > merged.yaml")
+        sys.exit("usage: python -m operations.config_overlay OVERLAY.yaml > merged.yaml")
     sys.stdout.write(yaml.safe_dump(overlaid_config(sys.argv[1]), sort_keys=False))

@@ -1,5 +1,6 @@
-"""Free TCP ports on 127.0.0.1 for every Ray/Serve/HAProxy port the tests start on, and a private set of HAProxy
-ports and files for each Ray a test starts (HAProxy mode otherwise takes fixed ports and /tmp/haproxy-serve)."""
+"""Ports and files for a second Ray with Serve on a host that already runs one (tests, benchmarks, a trial service
+beside `make run`): free TCP ports on 127.0.0.1, and a private set of HAProxy ports and files (serve.env's HAProxy
+mode otherwise takes fixed ports, 8404/9101/8500/9500, and /tmp/haproxy-serve)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,103 @@
+"""Batch invariance of every CPU runtime, and what it costs: the shared topic and sentiment test splits, each text
+encoded alone and inside random passes of 4 and 32 other test texts, on the shipped checkpoint.
+
+    python bench/batch_invariance.py                      # onnx, onnx-int8, torch (float32); writes bench/results/
+    python bench/batch_invariance.py --runtimes onnx-int8 --limit 600
+
+For each runtime: the largest change of a served confidence and the number of labels that change (alone vs in
+passes), and the texts/s of one thread encoding the same texts in passes of 1, 4 and 32, as ratios to passes of 1
+(what the int8 runtime now runs: `max_pass_texts` 1). The row `onnx-int8, passes allowed` is the int8 runtime with
+its one-text limit lifted: what it served before, to show what the limit fixes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from multitask.batch_invariance import measure_batch_invariance
+from multitask.served_model import ServedModel
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "bench" / "results"
+RUNTIMES = ("onnx", "onnx-int8", "onnx-int8-unlimited", "torch")
+PASSES = (4, 32)
+
+
+def test_texts(limit: int) -> list[str]:
+    texts = []
+    for task in ("topic", "sentiment"):
+        path = DATA / task / "test.jsonl"
+        if not path.is_file():
+            raise SystemExit(f"{path} is missing: this benchmark reads the shared test splits (../shared/data)")
+        texts += [json.loads(line)["text"] for line in path.read_text().splitlines()][: limit or None]
+    return texts
+
+
+def load(checkpoint: str, name: str) -> ServedModel:
+    runtime = "onnx-int8" if name.startswith("onnx-int8") else name
+    model = ServedModel.load(checkpoint, runtime=runtime, device="cpu", dtype="float32")
+    model.runtime.set_threads(1)
+    if name == "onnx-int8-unlimited":
+        model.runtime.max_pass_texts = 0  # what the int8 runtime did before its one-text passes
+    return model
+
+
+def texts_per_second(model: ServedModel, texts: list[str], per_pass: int) -> float:
+    """One thread, the texts in calls of 32 (the Encoder's calls under load), passes of at most `per_pass`."""
+    start = time.perf_counter()
+    for i in range(0, len(texts), 32):
+        model.runtime.forward(texts[i : i + 32], max_batch=per_pass)
+    return len(texts) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "default"))
+    parser.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=list(RUNTIMES))
+    parser.add_argument("--limit", type=int, default=0, help="texts per split (0 = all)")
+    parser.add_argument("--speed-texts", type=int, default=1500, help="texts per speed cell")
+    parser.add_argument("--out", default=str(RESULTS / "batch_invariance"))
+    args = parser.parse_args()
+    texts = test_texts(args.limit)
+    rows = {}
+    for name in args.runtimes:
+        model = load(args.checkpoint, name)
+        started = time.perf_counter()
+        report = measure_batch_invariance(model, texts, PASSES)
+        speed = {size: texts_per_second(model, texts[: args.speed_texts], size) for size in (1, *PASSES)}
+        rows[name] = {"report": report, "texts_per_s": speed, "seconds": time.perf_counter() - started}
+        print(f"{name}: {json.dumps(rows[name])}", flush=True)
+    lines = [
+        (
+            f"Batch invariance on the shipped checkpoint: {len(texts)} test texts (topic and sentiment splits), each alone "
+            "and in random passes; one thread. Command: `python bench/batch_invariance.py`."
+        ),
+        "",
+        (
+            "| runtime | pass size | max confidence change (topic, sentiment) | labels that change (topic, sentiment) "
+            "| texts/s in passes of this size | x passes of 1 |"
+        ),
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in rows.items():
+        label = "onnx-int8, passes allowed (before)" if name == "onnx-int8-unlimited" else name
+        base = row["texts_per_s"][1]
+        lines.append(f"| {label} | 1 | - | - | {base:.0f} | 1.00 |")
+        for size in PASSES:
+            by_task = row["report"][size]
+            changes = ", ".join(f"{r['max_confidence_change']:.1e}" for r in by_task.values())
+            labels = ", ".join(f"{r['label_changes']} / {r['texts']}" for r in by_task.values())
+            rate = row["texts_per_s"][size]
+            lines.append(f"| {label} | {size} | {changes} | {labels} | {rate:.0f} | {rate / base:.2f} |")
+    out = Path(args.out)
+    out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
