@@ -49,10 +49,11 @@ class Encoder:
         directory = str(locate_checkpoint(checkpoint, checkpoint_cache_dir))  # a URI: fetched once per node
         gpu_assigned = bool(ray.get_gpu_ids()) if device == "auto" else None  # no GPU given: torch is never imported
         logger.info(f"Encoder: loading {checkpoint} (runtime {runtime}; an ONNX runtime exports it on first start)")
-        self.runtime = select_runtime(directory, runtime, device, dtype, onnx_cache_dir, gpu_assigned)
+        manifest = read_manifest(directory)
+        self.runtime = select_runtime(directory, runtime, device, dtype, onnx_cache_dir, gpu_assigned, manifest)
         self.fingerprint = self.runtime.fingerprint
         # the `model` block of every API response: which encoder and checkpoint answered
-        self.model = {**manifest_summary(read_manifest(directory)), "checkpoint": checkpoint_name(checkpoint)}
+        self.model = {**manifest_summary(manifest), "checkpoint": checkpoint_name(checkpoint)}
         self.metrics = EncoderMetrics()
         self.settings = EncoderSettings()
         # one forward at a time (it uses every thread it is given); calls arriving meanwhile form the next batch

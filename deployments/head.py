@@ -28,7 +28,7 @@ from deployments.options import DEFAULT_OPTIONS
 from deployments.settings import HeadSettings
 from multitask.checkpoint.manifest import read_manifest
 from multitask.errors import EncoderMismatchError
-from multitask.head_artifact import is_head_artifact, load_head_artifact, read_head_manifest
+from multitask.head_artifact import is_head_artifact, load_head_artifact
 from multitask.numpy_head import NumpyHead
 from multitask.results import label_scores
 from multitask.storage import locate_checkpoint
@@ -57,12 +57,12 @@ class HeadDeployment:
         source = locate_checkpoint(head, checkpoint_cache_dir)  # a URI: fetched once per node
         if is_head_artifact(source):
             loaded = load_head_artifact(source)
-            manifest = read_head_manifest(source)
+            manifest = loaded.manifest
             self.head, trained_with = loaded.head, loaded.fingerprint
             self.metrics_report, self.calibration = manifest.metrics, manifest.calibration
         else:
             manifest = read_manifest(source)
-            self.head = NumpyHead.load(source, task)  # numpy: this process never imports torch
+            self.head = NumpyHead.load(source, task, manifest=manifest)  # numpy: this process never imports torch
             trained_with = manifest.encoder.fingerprint
             self.metrics_report = manifest.metrics.get(task, {})
             self.calibration = manifest.calibration.get(task, {})

@@ -10,7 +10,7 @@ stored on its own, bound to that encoder's fingerprint. Torch-free: a head repli
 
     loaded = load_head_artifact("heads/news_region", encoder_fingerprint=encoder.fingerprint)
     loaded.head.probabilities(embeddings)        # (n, embedding_dim) -> (n, num_labels)
-    head, labels, temperature, fingerprint = load_head_artifact("s3://bucket/heads/news_region")
+    head, labels, temperature, fingerprint, manifest = load_head_artifact("s3://bucket/heads/news_region")
 
 A location is a local path or a storage URI (fetched once per node into the checkpoint cache, like a checkpoint),
 so a head deployment can take one in its args. The checkpoint's own jointly trained heads stay in its
@@ -23,12 +23,13 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from multitask.checkpoint.files import check_shapes, read_tensors
 from multitask.checkpoint.format import head_shapes
+from multitask.checkpoint.manifest import read_versioned_json
 from multitask.config import TaskSpec
-from multitask.errors import CheckpointError, EncoderMismatchError
+from multitask.errors import EncoderMismatchError
 from multitask.numpy_head import NumpyHead
 
 HEAD_FORMAT_VERSION = 1
@@ -64,12 +65,14 @@ class HeadManifest(BaseModel):
 
 
 class LoadedHead(NamedTuple):
-    """What a head replica needs: the numpy head (its `task` has the labels), and the values it checks."""
+    """What a head replica needs: the numpy head (its `task` has the labels), the values it checks, and the manifest
+    it was loaded by (metrics, calibration), read once."""
 
     head: NumpyHead
     labels: tuple[str, ...]
     temperature: float
     fingerprint: str
+    manifest: HeadManifest
 
 
 def is_head_artifact(directory: str | Path) -> bool:
@@ -94,18 +97,8 @@ def save_head_artifact(directory: str | Path, manifest: HeadManifest, tensors: d
 def read_head_manifest(directory: str | Path) -> HeadManifest:
     """Read and validate `head.json`; every failure names the file and what to do."""
     directory = Path(directory)
-    path = directory / HEAD_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{path} is missing: {directory} is not a head artifact written by `multitask add-task`.")
-    try:
-        manifest = HeadManifest.model_validate_json(path.read_text())
-    except (ValidationError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not a valid head manifest: {exc}") from exc
-    if manifest.format_version != HEAD_FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} has format_version {manifest.format_version}; this code reads version {HEAD_FORMAT_VERSION}."
-        )
-    return manifest
+    missing = f"{directory} is not a head artifact written by `multitask add-task`"
+    return read_versioned_json(directory / HEAD_FILE, HeadManifest, HEAD_FORMAT_VERSION, missing, "head manifest")
 
 
 def check_head_artifact(directory: str | Path) -> HeadManifest:
@@ -131,7 +124,7 @@ def load_head_artifact(
             f"with fingerprint {bound}, but the encoder here has fingerprint {encoder_fingerprint}. Train the head "
             f"on this encoder's checkpoint with `multitask add-task {manifest.task.name} --checkpoint ...`."
         )
-    return LoadedHead(head, manifest.task.labels, head.temperature, bound)
+    return LoadedHead(head, manifest.task.labels, head.temperature, bound, manifest)
 
 
 def _load(directory: Path) -> tuple[NumpyHead, HeadManifest]:

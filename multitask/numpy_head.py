@@ -18,7 +18,7 @@ import numpy as np
 
 from multitask.checkpoint.files import check_shapes, read_tensors
 from multitask.checkpoint.format import HIDDEN_LAYER, MODEL_FILE, OUTPUT_LAYER, TEMPERATURE, head_prefix, head_shapes
-from multitask.checkpoint.manifest import head_spec
+from multitask.checkpoint.manifest import CheckpointManifest, head_spec
 from multitask.config import TaskSpec
 
 
@@ -38,11 +38,18 @@ class NumpyHead:
         return self.w1.shape[0]
 
     @classmethod
-    def load(cls, directory: str | Path, task: str, encoder_fingerprint: str | None = None) -> NumpyHead:
+    def load(
+        cls,
+        directory: str | Path,
+        task: str,
+        encoder_fingerprint: str | None = None,
+        manifest: CheckpointManifest | None = None,
+    ) -> NumpyHead:
         """`multitask.checkpoint.load.load_head` without torch: one task's weights, every tensor of the shape the
-        config says; with `encoder_fingerprint`, refuse heads trained on a different encoder."""
+        config says (`manifest`: the checkpoint's, if the caller has read it); with `encoder_fingerprint`, refuse
+        heads trained on a different encoder."""
         directory = Path(directory)
-        manifest, spec = head_spec(directory, task, encoder_fingerprint)
+        manifest, spec = head_spec(directory, task, encoder_fingerprint, manifest)
         path = directory / MODEL_FILE
         tensors = read_tensors(path, head_prefix(task))
         shapes = {name: tuple(tensor.shape) for name, tensor in tensors.items()}

@@ -39,9 +39,10 @@ class ServedModel:
         onnx_cache_dir: str | Path | None = None,
         tasks: list[str] | None = None,
     ) -> ServedModel:
-        encoder = select_runtime(checkpoint, runtime, device, dtype, onnx_cache_dir)
-        names = tasks or read_manifest(checkpoint).model.task_names
-        return cls(encoder, {task: NumpyHead.load(checkpoint, task, encoder.fingerprint) for task in names})
+        manifest = read_manifest(checkpoint)
+        encoder = select_runtime(checkpoint, runtime, device, dtype, onnx_cache_dir, manifest=manifest)
+        names = tasks or manifest.model.task_names
+        return cls(encoder, {task: NumpyHead.load(checkpoint, task, encoder.fingerprint, manifest) for task in names})
 
     @property
     def tasks(self) -> list[str]:

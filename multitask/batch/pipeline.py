@@ -177,8 +177,8 @@ def _heads(checkpoint: str, cache_dir: str | None, tasks: tuple[str, ...]) -> di
     from multitask.numpy_head import NumpyHead
 
     directory = locate_checkpoint(checkpoint, cache_dir)
-    fingerprint = read_manifest(directory).encoder.fingerprint
-    return {task: NumpyHead.load(directory, task, fingerprint) for task in tasks}
+    manifest = read_manifest(directory)
+    return {task: NumpyHead.load(directory, task, manifest.encoder.fingerprint, manifest) for task in tasks}
 
 
 def classify_batch(batch: pa.Table, checkpoint: str, cache_dir: str | None, columns: ResultColumns) -> pa.Table:

@@ -15,7 +15,7 @@ from typing import Any
 
 from multitask.checkpoint.files import read_tensors
 from multitask.checkpoint.format import BUNDLE_DIR, DIGEST_FILE, ENCODER_FILE, MODEL_FILE, PROJECTION_PREFIX
-from multitask.checkpoint.manifest import read_manifest
+from multitask.checkpoint.manifest import CheckpointManifest, read_manifest
 
 FileDigests = dict[str, dict[str, Any]]
 """Relative POSIX path -> {"size": bytes, "sha256": hex}, for every file of a checkpoint but the digest file."""
@@ -33,12 +33,13 @@ def file_digests(directory: Path) -> FileDigests:
     return files
 
 
-def encoder_digest(checkpoint: str | Path) -> str:
+def encoder_digest(checkpoint: str | Path, manifest: CheckpointManifest | None = None) -> str:
     """SHA-256 of what makes a checkpoint's encoder (transformer, fine-tuned weights, pooling, projection): the
     manifest's encoder record and model settings but the tasks, the projection tensors, `encoder.safetensors` and
-    the bundled base encoder's files. Heads, metrics and the training record are left out."""
+    the bundled base encoder's files. Heads, metrics and the training record are left out. `manifest`: the
+    checkpoint's, if the caller has read it."""
     directory = Path(checkpoint)
-    manifest = read_manifest(directory)
+    manifest = manifest or read_manifest(directory)
     digest = hashlib.sha256()
     digest.update(manifest.encoder.model_dump_json().encode())
     digest.update(manifest.model.model_dump_json(exclude={"tasks", "dropout"}).encode())

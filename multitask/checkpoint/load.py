@@ -91,12 +91,17 @@ def save_checkpoint(
     return manifest
 
 
-def load_encoder(directory: str | Path, device: str | torch.device = "cpu", merge_lora: bool = True) -> SentenceEncoder:
+def load_encoder(
+    directory: str | Path,
+    device: str | torch.device = "cpu",
+    merge_lora: bool = True,
+    manifest: CheckpointManifest | None = None,
+) -> SentenceEncoder:
     """Load the checkpoint's encoder: base transformer (from the checkpoint's own copy in a bundle, else from what
     the config names), fine-tuned weights merged in (LoRA adapters kept apart when `merge_lora` is False), and the
-    projection."""
+    projection. `manifest`: the checkpoint's, if the caller has read it."""
     directory = Path(directory)
-    manifest = read_manifest(directory)
+    manifest = manifest or read_manifest(directory)
     bundled = directory / BUNDLE_DIR if manifest.encoder.bundled else None
     transformer, tokenizer = load_transformer(manifest.model, bundled)
     encoder = SentenceEncoder(transformer, tokenizer, manifest.model)

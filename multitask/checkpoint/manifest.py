@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -68,28 +68,43 @@ def read_manifest(directory: str | Path) -> CheckpointManifest:
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"Checkpoint directory {directory} does not exist; train one with `multitask train`.")
-    path = directory / CONFIG_FILE
+    missing = f"{directory} is not a checkpoint written by `multitask train`"
+    return read_versioned_json(
+        directory / CONFIG_FILE, CheckpointManifest, FORMAT_VERSION, missing, "checkpoint config"
+    )
+
+
+Manifest = TypeVar("Manifest", bound=BaseModel)
+
+
+def read_versioned_json(path: Path, model: type[Manifest], version: int, missing: str, what: str) -> Manifest:
+    """A manifest file (a checkpoint's `config.json`, a head artifact's `head.json`) read, validated by `model` and
+    its `format_version` checked against `version`; CheckpointError naming the file: `missing` says what a folder
+    without it is, `what` names a file that does not validate."""
     if not path.is_file():
-        raise CheckpointError(f"{path} is missing: {directory} is not a checkpoint written by `multitask train`.")
+        raise CheckpointError(f"{path} is missing: {missing}.")
     try:
-        manifest = CheckpointManifest.model_validate_json(path.read_text())
+        manifest = model.model_validate_json(path.read_text())
     except (ValidationError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not a valid checkpoint config: {exc}") from exc
-    if manifest.format_version != FORMAT_VERSION:
+        raise CheckpointError(f"{path} is not a valid {what}: {exc}") from exc
+    if manifest.format_version != version:
         raise CheckpointError(
-            f"{path} has format_version {manifest.format_version}; this code reads version {FORMAT_VERSION}."
+            f"{path} has format_version {manifest.format_version}; this code reads version {version}."
         )
     return manifest
 
 
 def head_spec(
-    directory: str | Path, task: str, encoder_fingerprint: str | None = None
+    directory: str | Path,
+    task: str,
+    encoder_fingerprint: str | None = None,
+    manifest: CheckpointManifest | None = None,
 ) -> tuple[CheckpointManifest, TaskSpec]:
-    """What both head loaders (torch and numpy) check first: the checkpoint's manifest and its spec of `task` (an
-    unknown task is a CheckpointError listing the available ones); with `encoder_fingerprint`, refuse heads trained
-    on a different encoder (EncoderMismatchError)."""
+    """What both head loaders (torch and numpy) check first: the checkpoint's manifest (read, unless the caller has
+    it already) and its spec of `task` (an unknown task is a CheckpointError listing the available ones); with
+    `encoder_fingerprint`, refuse heads trained on a different encoder (EncoderMismatchError)."""
     directory = Path(directory)
-    manifest = read_manifest(directory)
+    manifest = manifest or read_manifest(directory)
     try:
         spec = manifest.model.task(task)
     except KeyError as exc:

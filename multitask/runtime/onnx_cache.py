@@ -17,6 +17,7 @@ from pathlib import Path
 
 from multitask import errors
 from multitask.checkpoint.digest import encoder_digest
+from multitask.checkpoint.manifest import CheckpointManifest
 from multitask.errors import CheckpointError
 
 EXPORT_FORMAT = 2
@@ -35,14 +36,20 @@ PACKAGE_PARENT = Path(__file__).resolve().parents[2]
 """The folder that holds the `multitask` package: on the export subprocess's PYTHONPATH."""
 
 
-def ensure_export(checkpoint: str | Path, cache_dir: str | Path | None = None, precision: str = "float32") -> Path:
+def ensure_export(
+    checkpoint: str | Path,
+    cache_dir: str | Path | None = None,
+    precision: str = "float32",
+    manifest: CheckpointManifest | None = None,
+) -> Path:
     """The directory holding `checkpoint`'s ONNX export in `cache_dir`, exporting it first (in a subprocess, which
     imports torch and exits) when it is missing or was made from another encoder. `precision="int8"` also makes sure
-    of the quantized file beside it (quantized in the same subprocess, from the float32 file)."""
+    of the quantized file beside it (quantized in the same subprocess, from the float32 file). `manifest`: the
+    checkpoint's, if the caller has read it."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     checkpoint = Path(checkpoint)
-    digest = encoder_digest(checkpoint)
+    digest = encoder_digest(checkpoint, manifest)
     directory = Path(cache_dir or ONNX_CACHE_DIR).expanduser() / digest[:24]
     if export_digest(directory, precision) == digest:
         return directory

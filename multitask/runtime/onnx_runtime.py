@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from multitask.checkpoint.manifest import CheckpointManifest
 from multitask.runtime.base import EncoderRuntime
 from multitask.runtime.onnx_cache import (
     EXPORT_FILE,
@@ -56,9 +57,14 @@ class OnnxEncoderRuntime(EncoderRuntime):
 
     @classmethod
     def load(
-        cls, checkpoint: str | Path, cache_dir: str | Path | None = None, threads: int = 0, precision: str = "float32"
+        cls,
+        checkpoint: str | Path,
+        cache_dir: str | Path | None = None,
+        threads: int = 0,
+        precision: str = "float32",
+        manifest: CheckpointManifest | None = None,
     ) -> OnnxEncoderRuntime:
-        return cls(ensure_export(checkpoint, cache_dir, precision), threads, precision)
+        return cls(ensure_export(checkpoint, cache_dir, precision, manifest), threads, precision)
 
     @property
     def fingerprint(self) -> str:

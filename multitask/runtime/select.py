@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 from typing import Literal
 
+from multitask.checkpoint.manifest import CheckpointManifest
 from multitask.runtime.base import EncoderRuntime
 from multitask.runtime.onnx_runtime import OnnxEncoderRuntime
 
@@ -60,10 +61,12 @@ def select_runtime(
     dtype: Dtype = "auto",
     onnx_cache_dir: str | Path | None = None,
     gpu_assigned: bool | None = None,
+    manifest: CheckpointManifest | None = None,
 ) -> EncoderRuntime:
     """The checkpoint's encoder, loaded. `runtime` auto = onnx on CPU in float32, torch otherwise; `onnx-int8` = the
     same export dynamically quantized to int8 (CPU only; opt-in where a checkpoint's quality has not been measured
-    with it: `bench/quality.py --rows int8`). ONNX exports are made on first use, into `onnx_cache_dir`."""
+    with it: `bench/quality.py --rows int8`). ONNX exports are made on first use, into `onnx_cache_dir`. `manifest`:
+    the checkpoint's, if the caller has read it (a replica reads it once)."""
     device = pick_device(device, gpu_assigned)
     if runtime == "auto":
         runtime = "onnx" if device == "cpu" and dtype in CPU_DTYPES else "torch"
@@ -73,7 +76,7 @@ def select_runtime(
                 f"runtime {runtime} runs on CPU (dtype auto or float32), not {device}/{dtype}; use runtime: torch there."
             )
         precision = "int8" if runtime == "onnx-int8" else "float32"
-        return OnnxEncoderRuntime.load(checkpoint, onnx_cache_dir, precision=precision)
+        return OnnxEncoderRuntime.load(checkpoint, onnx_cache_dir, precision=precision, manifest=manifest)
     if runtime != "torch":
         raise ValueError(f"runtime must be one of auto, onnx, onnx-int8, torch; not {runtime!r}")
     import torch
@@ -81,7 +84,7 @@ def select_runtime(
     from multitask.checkpoint.load import load_encoder
     from multitask.runtime.torch_runtime import TorchEncoderRuntime
 
-    encoder = load_encoder(checkpoint, device).to(dtype=getattr(torch, pick_dtype(dtype, device)))
+    encoder = load_encoder(checkpoint, device, manifest=manifest).to(dtype=getattr(torch, pick_dtype(dtype, device)))
     return TorchEncoderRuntime(encoder.eval())
 
 

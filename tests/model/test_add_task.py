@@ -101,7 +101,7 @@ def test_the_artifact_holds_weights_labels_fingerprint_metrics_calibration_and_a
 def test_the_artifact_loads_as_the_head_replicas_numpy_head_and_classifies_new_texts(trained, shipped_onnx_cache):
     head_dir, _ = trained
     runtime = select_runtime(SHIPPED_CHECKPOINT, "onnx-int8", "cpu", onnx_cache_dir=shipped_onnx_cache)
-    head, labels, temperature, fingerprint = load_head_artifact(head_dir, encoder_fingerprint=runtime.fingerprint)
+    head, labels, temperature, fingerprint, _ = load_head_artifact(head_dir, encoder_fingerprint=runtime.fingerprint)
     assert fingerprint == runtime.fingerprint
     assert list(labels) == LABELS and temperature == pytest.approx(
         read_head_manifest(head_dir).calibration["temperature"]

@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from multitask.checkpoint.manifest import CheckpointManifest
 from multitask.runtime.passes import length_batches
 from multitask.runtime.select import pick_device, pick_dtype, select_runtime
 from multitask.runtime.torch_runtime import TorchEncoderRuntime, truncated_flags
-from tests.support.paths import ROOT
+from multitask.served_model import ServedModel
+from tests.support.paths import ROOT, SHIPPED_CHECKPOINT
 
 TEXTS = ["Markets rallied after the vote. " * 40, "Hi.", "The striker scored twice in the final.", "Ok then."]
 
@@ -96,3 +98,20 @@ def test_the_serving_side_never_imports_torch():
     )
     assert ran.returncode == 0, ran.stderr[-3000:]
     assert ran.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_served_model_reads_its_checkpoint_manifest_once(minilm_checkpoint, shipped_onnx_cache, monkeypatch):
+    """What a replica loads (the runtime, its ONNX export's check, every head) takes the manifest it read once,
+    as the Encoder and head deployments do."""
+    reads: list[str] = []
+    validate = CheckpointManifest.model_validate_json
+
+    def counted(cls, data, **kwargs):
+        reads.append(cls.__name__)
+        return validate(data, **kwargs)
+
+    monkeypatch.setattr(CheckpointManifest, "model_validate_json", classmethod(counted))
+    ServedModel.load(minilm_checkpoint, runtime="torch", device="cpu")
+    assert reads == ["CheckpointManifest"]
+    ServedModel.load(SHIPPED_CHECKPOINT, runtime="onnx-int8", onnx_cache_dir=shipped_onnx_cache)  # exported already
+    assert reads == ["CheckpointManifest"] * 2

@@ -56,7 +56,10 @@ def test_a_saved_head_loads_as_a_numpy_head_with_its_labels_temperature_and_fing
     weights = tensors()
     save_head_artifact(tmp_path / "head", manifest(), weights)
     assert {p.name for p in (tmp_path / "head").iterdir()} == {HEAD_FILE, HEAD_WEIGHTS_FILE}
-    head, labels, temperature, fingerprint = load_head_artifact(tmp_path / "head", encoder_fingerprint=FINGERPRINT)
+    head, labels, temperature, fingerprint, read = load_head_artifact(
+        tmp_path / "head", encoder_fingerprint=FINGERPRINT
+    )
+    assert read == manifest()
     assert labels == SPEC.labels and head.task == SPEC
     assert temperature == pytest.approx(1.5) and fingerprint == FINGERPRINT
     x = np.random.default_rng(1).normal(size=(5, DIM)).astype(np.float32)
