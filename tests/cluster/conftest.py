@@ -62,7 +62,7 @@ class ServedCluster:
     dashboard: str
     url: str
     home: Path  # HOME of every node: the checkpoint and ONNX caches live under it, not in the user's ~/.cache
-    headers: dict = field(default_factory=dict)
+    headers: dict = field(default_factory=dict)  # sent with every request of tests/support/load.py (none here)
     workers: dict = field(default_factory=dict)  # "cpu" / "gpu" -> ray._private.node.Node
 
     def add_worker(self, kind: str) -> None:
@@ -105,16 +105,36 @@ class ServedCluster:
                 parts.append(f"--- {log.name}\n" + "\n".join(line[:400] for line in tail))
         return "\n".join(parts)
 
+    def failed_applications(self) -> dict[str, str]:
+        """The applications Serve reports DEPLOY_FAILED (a final state: Serve does not retry them by itself), with
+        their messages; asked of the dashboard's REST API with the cluster's token."""
+        try:
+            answer = requests.get(
+                f"{self.dashboard}/api/serve/applications/",
+                headers={"Authorization": f"Bearer {os.environ['RAY_AUTH_TOKEN']}"},
+                timeout=10,
+            )
+            applications = answer.json().get("applications") or {} if answer.status_code == 200 else {}
+        except (requests.RequestException, ValueError):
+            return {}
+        return {
+            name: app.get("message", "") for name, app in applications.items() if app.get("status") == "DEPLOY_FAILED"
+        }
+
     def wait_healthy(self, within_s: float) -> float:
-        """Seconds until /healthz answered 200; fails past `within_s`."""
-        start = time.monotonic()
+        """Seconds until /healthz answered 200; fails past `within_s`, or as soon as an application's deploy failed."""
+        start = next_check = time.monotonic()
         while True:
             try:
                 if self.get("/healthz", timeout=5).status_code == 200:
                     return time.monotonic() - start
             except requests.RequestException:
                 pass
-            assert time.monotonic() - start < within_s, f"/healthz not 200 within {within_s} s"
+            now = time.monotonic()
+            assert now - start < within_s, f"/healthz not 200 within {within_s} s"
+            if now >= next_check:
+                failed, next_check = self.failed_applications(), now + 10
+                assert not failed, f"serve deploy failed after {now - start:.0f} s: {failed}"
             time.sleep(1)
 
 
