@@ -43,7 +43,7 @@ from multitask.batch.files import (
     resolve_input,
 )
 from multitask.batch.rows import ERROR, ResultColumns, classify_table, encode_table
-from multitask.checkpoint.manifest import read_manifest
+from multitask.checkpoint.manifest import CheckpointManifest, read_manifest
 from multitask.config import unknown_task_message
 from multitask.runtime.select import Dtype, Runtime
 from multitask.storage import locate_checkpoint
@@ -84,6 +84,8 @@ class ClassifyJob(BaseModel):
 class Plan:
     """What `validate` found: everything the run needs, checked."""
 
+    checkpoint: Path  # located on the driver (a URI: fetched)
+    manifest: CheckpointManifest
     files: InputFiles
     output: Location
     output_format: Format
@@ -114,7 +116,8 @@ class ClassifyReport:
 def validate(job: ClassifyJob) -> Plan:
     """Every check that needs no Ray and no model: MultitaskError (InputError, CheckpointError) at the first
     problem, before any work starts."""
-    manifest = read_manifest(locate_checkpoint(job.checkpoint, job.checkpoint_cache_dir))
+    checkpoint = locate_checkpoint(job.checkpoint, job.checkpoint_cache_dir)
+    manifest = read_manifest(checkpoint)
     available = manifest.model.task_names
     tasks = list(job.tasks) if job.tasks else available
     for task in tasks:
@@ -127,7 +130,8 @@ def validate(job: ClassifyJob) -> Plan:
     columns = ResultColumns(tuple(tasks), job.with_scores, job.with_embeddings, nested_as_json=output_format == "csv")
     check_columns(probe_schema(files), job.text_column, columns.names(), files)
     output = check_output(job.output, job.overwrite)
-    return Plan(files, output, output_format, columns, _parquet_rows(files) if files.format == "parquet" else None)
+    rows_in = _parquet_rows(files) if files.format == "parquet" else None
+    return Plan(checkpoint, manifest, files, output, output_format, columns, rows_in)
 
 
 def _parquet_rows(files: InputFiles) -> int:
@@ -214,8 +218,8 @@ def classify_dataset(job: ClassifyJob, address: str | None = None) -> ClassifyRe
         # encoder cannot be exported fails here, not in every actor
         from multitask.runtime.onnx_cache import ensure_export
 
-        directory = locate_checkpoint(job.checkpoint, job.checkpoint_cache_dir)
-        ensure_export(directory, job.onnx_cache_dir, "int8" if job.runtime == "onnx-int8" else "float32")
+        precision = "int8" if job.runtime == "onnx-int8" else "float32"
+        ensure_export(plan.checkpoint, job.onnx_cache_dir, precision, plan.manifest)
     import ray
 
     started = not ray.is_initialized()

@@ -52,6 +52,18 @@ class Burst:
         return self.last_sent - self.first_sent
 
 
+def assert_limited_as_expected(result: Burst, expected: float, what: str) -> None:
+    """Every request of the burst got 200 or 429 (with a Retry-After), the 200s within 10% of `expected` (what the
+    key's bucket admits over the burst's span), and more 429s than 200s."""
+    ok, limited = result.count(200), result.count(429)
+    print(
+        f"{what}, {CLIENTS} clients for {result.seconds:.2f} s: {ok} x 200, {limited} x 429 "
+        f"(expected {expected:.1f} x 200)"
+    )
+    assert ok + limited == len(result.statuses), set(result.statuses)
+    assert abs(ok - expected) <= 0.1 * expected and limited > ok and result.retry_after_ok
+
+
 def burst(url: str, key: str, texts: int) -> Burst:
     """CLIENTS threads posting back to back for BURST_S seconds (no client waits on a 429: what a client that
     ignores Retry-After does)."""
@@ -121,13 +133,7 @@ def test_rate_limits_hold_under_a_burst_and_keys_load_without_a_restart(service,
         requests_burst = burst(service.url, KEYS["req-limited"], texts=1)
         # a full bucket (rate x burst_s) plus the rate over the burst's span
         expected = REQUESTS_PER_S * 1.0 + REQUESTS_PER_S * requests_burst.seconds
-        ok, limited = requests_burst.count(200), requests_burst.count(429)
-        print(
-            f"\n[api keys] {REQUESTS_PER_S:.0f} requests/s key, {CLIENTS} clients for {requests_burst.seconds:.2f} s: "
-            f"{ok} x 200, {limited} x 429 (expected {expected:.1f} x 200)"
-        )
-        assert ok + limited == len(requests_burst.statuses), set(requests_burst.statuses)
-        assert abs(ok - expected) <= 0.1 * expected and limited > ok and requests_burst.retry_after_ok
+        assert_limited_as_expected(requests_burst, expected, f"\n[api keys] {REQUESTS_PER_S:.0f} requests/s key")
         limited_client = OpenAI(base_url=f"{service.url}/v1", api_key=KEYS["req-limited"], max_retries=0)
         with pytest.raises(openai.RateLimitError) as raised:
             for _ in range(int(REQUESTS_PER_S) + 2):  # more than a full bucket at once
@@ -136,13 +142,8 @@ def test_rate_limits_hold_under_a_burst_and_keys_load_without_a_restart(service,
 
         texts_burst = burst(service.url, KEYS["text-limited"], texts=TEXTS_PER_REQUEST)
         expected = (TEXTS_PER_S * 1.0 + TEXTS_PER_S * texts_burst.seconds) / TEXTS_PER_REQUEST
-        ok, limited = texts_burst.count(200), texts_burst.count(429)
-        print(
-            f"[api keys] {TEXTS_PER_S:.0f} texts/s key, {TEXTS_PER_REQUEST}-text requests, {CLIENTS} clients for "
-            f"{texts_burst.seconds:.2f} s: {ok} x 200, {limited} x 429 (expected {expected:.1f} x 200)"
-        )
-        assert ok + limited == len(texts_burst.statuses), set(texts_burst.statuses)
-        assert abs(ok - expected) <= 0.1 * expected and limited > ok and texts_burst.retry_after_ok
+        what = f"[api keys] {TEXTS_PER_S:.0f} texts/s key, {TEXTS_PER_REQUEST}-text requests"
+        assert_limited_as_expected(texts_burst, expected, what)
         assert_counted_by_key_name()
     finally:
         service.redeploy()
