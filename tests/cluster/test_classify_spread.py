@@ -33,7 +33,8 @@ def test_classify_spreads_its_encoders_over_the_nodes_with_free_cpus(
     # The GPU node's 4 CPUs hold the Encoder; the head and CPU nodes have 3 of 6 free beside the heads and the
     # Ingress: two encoders of half a CPU and Ray Data's file listing (one) fit there. The ONNX cache is the one the
     # test session exported into: every node of this one-host cluster reads it, instead of exporting once per node
-    # (what a real cluster's nodes do, into their own caches).
+    # (what a real cluster's nodes do, into their own caches). It holds the int8 export, so the runtime is
+    # onnx-int8 (the local config's), not the CLI's default float32 one.
     argv = [MULTITASK, "classify", str(tmp_path / "in.parquet"), str(tmp_path / "out"), "--address"]
     argv += [served_cluster.cluster.address, "--runtime", "onnx-int8", "--onnx-cache-dir", str(shipped_onnx_cache)]
     argv += ["--encoders", "2", "--cpus-per-encoder", "0.5", "--batch-size", str(BATCH), "--no-progress"]
