@@ -1,13 +1,16 @@
 """Batch invariance of every CPU runtime, and what it costs: the shared topic and sentiment test splits, each text
 encoded alone and inside random passes of 4 and 32 other test texts, on the shipped checkpoint.
 
-    python bench/batch_invariance.py                      # onnx, onnx-int8, torch (float32); writes bench/results/
+    python bench/batch_invariance.py                      # every CPU runtime and the int8 alternatives -> bench/results/
     python bench/batch_invariance.py --runtimes onnx-int8 --limit 600
 
 For each runtime: the largest change of a served confidence and the number of labels that change (alone vs in
 passes), and the texts/s of one thread encoding the same texts in passes of 1, 4 and 32, as ratios to passes of 1
 (what the int8 runtime now runs: `max_pass_texts` 1). The row `onnx-int8, passes allowed` is the int8 runtime with
-its one-text limit lifted: what it served before, to show what the limit fixes.
+its one-text limit lifted: what it served before, to show what the limit fixes. The rows `int8-per-token` and
+`int8-blockwise` are the other fixes measured for int8, in shared passes (`bench/int8_alternatives.py`). Each row
+also gives the least cosine of a text's embedding (alone) to the float32 onnx one, and its passes' texts/s as a
+ratio to what is served for int8 (`onnx-int8`, one text per pass).
 """
 
 from __future__ import annotations
@@ -17,13 +20,16 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+from int8_alternatives import alternative_runtime
+
 from multitask.batch_invariance import measure_batch_invariance
 from multitask.served_model import ServedModel
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "bench" / "results"
-RUNTIMES = ("onnx", "onnx-int8", "onnx-int8-unlimited", "torch")
+RUNTIMES = ("onnx", "onnx-int8", "onnx-int8-unlimited", "int8-per-token", "int8-blockwise", "torch")
 PASSES = (4, 32)
 
 
@@ -38,6 +44,9 @@ def test_texts(limit: int) -> list[str]:
 
 
 def load(checkpoint: str, name: str) -> ServedModel:
+    if name.startswith("int8-"):  # an alternative, built from the float32 export
+        float32 = ServedModel.load(checkpoint, runtime="onnx", device="cpu", dtype="float32")
+        return ServedModel(alternative_runtime(float32.runtime.directory, name.removeprefix("int8-")), float32.heads)
     runtime = "onnx-int8" if name.startswith("onnx-int8") else name
     model = ServedModel.load(checkpoint, runtime=runtime, device="cpu", dtype="float32")
     model.runtime.set_threads(1)
@@ -63,13 +72,21 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS / "batch_invariance"))
     args = parser.parse_args()
     texts = test_texts(args.limit)
+    reference, _ = load(args.checkpoint, "onnx").runtime.forward(texts, max_batch=1)  # float32, each text alone
     rows = {}
     for name in args.runtimes:
         model = load(args.checkpoint, name)
         started = time.perf_counter()
         report = measure_batch_invariance(model, texts, PASSES)
         speed = {size: texts_per_second(model, texts[: args.speed_texts], size) for size in (1, *PASSES)}
-        rows[name] = {"report": report, "texts_per_s": speed, "seconds": time.perf_counter() - started}
+        alone, _ = model.runtime.forward(texts, max_batch=1)
+        cosine = (alone * reference).sum(1) / np.linalg.norm(alone, axis=1) / np.linalg.norm(reference, axis=1)
+        rows[name] = {
+            "report": report,
+            "texts_per_s": speed,
+            "least_cosine_to_float32": round(float(cosine.min()), 5),
+            "seconds": time.perf_counter() - started,
+        }
         print(f"{name}: {json.dumps(rows[name])}", flush=True)
     lines = [
         (
@@ -78,21 +95,29 @@ def main() -> None:
         ),
         "",
         (
-            "| runtime | pass size | max confidence change (topic, sentiment) | labels that change (topic, sentiment) "
-            "| texts/s in passes of this size | x passes of 1 |"
+            "| runtime | least cosine to float32 | pass size | max confidence change (topic, sentiment) "
+            "| labels that change (topic, sentiment) | texts/s in passes of this size | x passes of 1 | x onnx-int8 |"
         ),
-        "|---|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    served_int8 = rows["onnx-int8"]["texts_per_s"][1] if "onnx-int8" in rows else None
     for name, row in rows.items():
         label = "onnx-int8, passes allowed (before)" if name == "onnx-int8-unlimited" else name
-        base = row["texts_per_s"][1]
-        lines.append(f"| {label} | 1 | - | - | {base:.0f} | 1.00 |")
+        base, cosine = row["texts_per_s"][1], row["least_cosine_to_float32"]
+
+        def versus(rate: float) -> str:
+            return f"{rate / served_int8:.2f}" if served_int8 else "-"
+
+        lines.append(f"| {label} | {cosine:.4f} | 1 | - | - | {base:.0f} | 1.00 | {versus(base)} |")
         for size in PASSES:
             by_task = row["report"][size]
             changes = ", ".join(f"{r['max_confidence_change']:.1e}" for r in by_task.values())
             labels = ", ".join(f"{r['label_changes']} / {r['texts']}" for r in by_task.values())
             rate = row["texts_per_s"][size]
-            lines.append(f"| {label} | {size} | {changes} | {labels} | {rate:.0f} | {rate / base:.2f} |")
+            lines.append(
+                f"| {label} | {cosine:.4f} | {size} | {changes} | {labels} | {rate:.0f} | {rate / base:.2f} "
+                f"| {versus(rate)} |"
+            )
     out = Path(args.out)
     out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
