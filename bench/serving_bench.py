@@ -444,10 +444,9 @@ def encoder_config(path: Path, encoder: str) -> Path:
 async def graph_grids(args: argparse.Namespace, texts: list[str], graph_url: str, settings: dict) -> dict:
     from ray import serve
 
-    from graph import APP_NAME, ENCODER_APP
+    from graph import APP_NAME
 
     try:
-        encoder = serve.get_deployment_handle("Encoder", app_name=ENCODER_APP)
         handle = serve.get_app_handle(APP_NAME)
         print(" graph over HTTP", file=sys.stderr)
         http_runs, http_memory = await http_grid(
@@ -463,11 +462,7 @@ async def graph_grids(args: argparse.Namespace, texts: list[str], graph_url: str
                     return True
 
                 await closed_loop(call, texts, c, k, args.warmup)
-                before = await encoder.stats.remote()
                 run = await closed_loop(call, texts, c, k, args.duration, args.max_requests)
-                after = await encoder.stats.remote()
-                batches = after["batches"] - before["batches"]
-                run["mean_encoder_batch"] = round((after["texts"] - before["texts"]) / max(batches, 1), 1)
                 runs.append(run)
                 memory = max_memory(memory, tree_rss_mb(os.getpid(), include_root=False))
                 print(f"  {run}", file=sys.stderr)
@@ -560,16 +555,13 @@ def markdown(results: dict) -> str:
             "",
         ]
     ratios = [r for r in RATIOS if r[1] in systems and r[2] in systems]
-    handle = systems.get("graph handle")
     if ratios:
         lines += [
-            "| clients | texts/req | " + " | ".join(r[0] for r in ratios) + (" | mean encoder batch (handle) |" if handle else " |"),
-            "|---:|---:|" + "---:|" * (len(ratios) + bool(handle)),
-        ]  # fmt: skip
+            "| clients | texts/req | " + " | ".join(r[0] for r in ratios) + " |",
+            "|---:|---:|" + "---:|" * len(ratios),
+        ]
         for i, (c, k) in enumerate(GRID):
             cells = [ratio(systems[a]["runs"][i][m], systems[b]["runs"][i][m]) for _, a, b, m in ratios]
-            if handle:
-                cells.append(str(handle["runs"][i].get("mean_encoder_batch", "-")))
             lines.append(f"| {c} | {k} | " + " | ".join(cells) + " |")
     if "graph HTTP" in systems or "graph int8 HTTP" in systems:
         lines += ["", "Targets (graph over HTTP): " + targets(systems)]
