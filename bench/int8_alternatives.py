@@ -5,7 +5,7 @@
   replaced by one scale per token vector, symmetric around a zero point of 128, written as plain ONNX ops. A row's
   quantization is then its own; what still varies with batch mates is the float32 part (attention over padded
   keys, ~1e-7), and that can flip a rounding step. onnxruntime's `MatMulIntegerToFloatFusion` assumes one scale
-  per tensor and gives wrong results with per-token scales, so it is disabled for this file.
+  per tensor and gives wrong results with per-token scales, so it is disabled for these files.
 - `blockwise`: onnxruntime's `MatMulNBits` at 8 bits, blocks of 32 weights, int8 compute (`accuracy_level` 4),
   which quantizes each row of activations per block inside the kernel.
 
@@ -72,8 +72,6 @@ def blockwise_file(float32: Path, target: Path) -> None:
 
 def alternative_runtime(export_dir: Path, name: str, work_dir: Path | None = None) -> OnnxEncoderRuntime:
     """One thread of the `name` alternative, built from the float32 export in `export_dir`, passes unlimited."""
-    import onnxruntime as ort
-
     directory = Path(tempfile.mkdtemp(prefix=f"int8-{name}-", dir=work_dir))
     for file in (EXPORT_FILE, TOKENIZER_FILE):
         shutil.copyfile(export_dir / file, directory / file)
@@ -85,12 +83,9 @@ def alternative_runtime(export_dir: Path, name: str, work_dir: Path | None = Non
         blockwise_file(export_dir / ONNX_FILE, target)
     else:
         raise ValueError(f"no int8 alternative {name!r}: {ALTERNATIVES}")
-    runtime = OnnxEncoderRuntime(directory, threads=1, precision="int8")
-    runtime.max_pass_texts = 0  # what is measured: whether passes of several texts are invariant
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    runtime._session = ort.InferenceSession(
-        str(target), options, providers=["CPUExecutionProvider"], disabled_optimizers=["MatMulIntegerToFloatFusion"]
+    # onnxruntime's fusion of MatMulInteger + Cast + Mul assumes one activation scale per tensor
+    runtime = OnnxEncoderRuntime(
+        directory, threads=1, precision="int8", disabled_optimizers=("MatMulIntegerToFloatFusion",)
     )
+    runtime.max_pass_texts = 0  # what is measured: whether passes of several texts are invariant
     return runtime

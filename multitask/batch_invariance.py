@@ -51,10 +51,16 @@ def compare_answers(model: ServedModel, alone: np.ndarray, batched: np.ndarray) 
 
 
 def measure_batch_invariance(
-    model: ServedModel, texts: list[str], pass_sizes: tuple[int, ...] = (4, 32), seed: int = 13
+    model: ServedModel,
+    texts: list[str],
+    pass_sizes: tuple[int, ...] = (4, 32),
+    seed: int = 13,
+    alone: np.ndarray | None = None,
 ) -> dict[int, dict[str, dict]]:
-    """`compare_answers` of each text alone against the same text in random passes of each size."""
-    alone, _ = model.runtime.forward(list(texts), max_batch=1)
+    """`compare_answers` of each text alone against the same text in random passes of each size. `alone`: the
+    texts' embeddings each in a pass of its own, if the caller has them already (else computed here)."""
+    if alone is None:
+        alone, _ = model.runtime.forward(list(texts), max_batch=1)
     return {
         size: compare_answers(model, alone, encode_in_random_passes(model, texts, size, seed)) for size in pass_sizes
     }

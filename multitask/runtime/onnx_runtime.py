@@ -36,7 +36,15 @@ class OnnxEncoderRuntime(EncoderRuntime):
 
     device = "cpu"
 
-    def __init__(self, directory: str | Path, threads: int = 0, precision: str = "float32"):
+    def __init__(
+        self,
+        directory: str | Path,
+        threads: int = 0,
+        precision: str = "float32",
+        disabled_optimizers: tuple[str, ...] = (),
+    ):
+        """`disabled_optimizers`: onnxruntime graph optimizers (by name) not to run on the file, e.g. a fusion that
+        assumes one activation scale per tensor (bench/int8_alternatives.py); none by default."""
         from tokenizers import Tokenizer
 
         if precision not in PRECISIONS:
@@ -52,6 +60,7 @@ class OnnxEncoderRuntime(EncoderRuntime):
         self.tokenizer.enable_truncation(self.max_length)  # `overflowing` then tells which texts were cut
         self.tokenizer.no_padding()  # padded per pass, to that pass's longest text
         self.threads = -1
+        self.disabled_optimizers = list(disabled_optimizers)
         self._session = None
         self.set_threads(threads)
 
@@ -90,7 +99,12 @@ class OnnxEncoderRuntime(EncoderRuntime):
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         model = INT8_ONNX_FILE if self.dtype == "int8" else ONNX_FILE
-        self._session = ort.InferenceSession(str(self.directory / model), options, providers=["CPUExecutionProvider"])
+        self._session = ort.InferenceSession(
+            str(self.directory / model),
+            options,
+            providers=["CPUExecutionProvider"],
+            disabled_optimizers=self.disabled_optimizers,
+        )
         self.threads = threads
 
     def tokenize(self, texts: list[str]) -> list[Tokenized]:
