@@ -4,15 +4,47 @@ mode otherwise takes fixed ports, 8404/9101/8500/9500, and /tmp/haproxy-serve)."
 
 from __future__ import annotations
 
+import random
 import socket
 import tempfile
 from pathlib import Path
 
+# Ray's own processes (GCS clients, raylets, workers, the dashboard agent's gRPC) listen on ports the kernel hands out
+# from its ephemeral range, and Ray's workers take 10002-19999. A port found by binding port 0 comes from that same
+# ephemeral range, so between our check and Ray binding it one of Ray's processes may take it: with an explicit
+# dashboard_port Ray then retries 0 times and `ray.init` fails (it did in CI: "Failed to find a valid port for
+# dashboard after 0 retries"). So free ports are drawn from between Ray's worker ports and the ephemeral range.
+_LOWEST = 20000
+_handed_out: set[int] = set()
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _is_free(port: int) -> bool:
+    # Binding the wildcard address fails if anything listens on the port on any address, 127.0.0.1 included.
+    with socket.socket() as sock:
+        try:
+            sock.bind(("", port))
+        except OSError:
+            return False
+    return True
+
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A TCP port nothing listens on, outside the kernel's ephemeral range (see above), never the same twice in one
+    process."""
+    candidates = list(range(_LOWEST, max(_ephemeral_start(), _LOWEST + 1000)))
+    random.shuffle(candidates)
+    for port in candidates:
+        if port not in _handed_out and _is_free(port):
+            _handed_out.add(port)
+            return port
+    raise RuntimeError(f"no free TCP port between {_LOWEST} and the ephemeral range")
 
 
 def haproxy_ports() -> dict[str, str]:
