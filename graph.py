@@ -147,7 +147,7 @@ def wait_for_first_encoder(encoder_app: str, wait_s: float) -> None:
     `wait_s`. `serve deploy` starts every application at once, and Serve spreads replicas over every node that fits
     them, the GPU node included: a head or ingress replica placed there first can take the CPUs the Encoder needs,
     and the Encoder then never starts (while they wait for it). Once the Encoder runs, its CPUs are its own. An
-    encoder already running (a rolling update, a task added later) or absent, or no Serve here: no wait."""
+    encoder already running (a rolling update, a task added later), failed or absent, or no Serve here: no wait."""
     import ray
 
     if not ray.is_initialized():
@@ -160,8 +160,12 @@ def wait_for_first_encoder(encoder_app: str, wait_s: float) -> None:
             app = serve.status().applications.get(encoder_app)
         except Exception:  # noqa: BLE001 - no Serve controller here (a build outside a deploy): nothing to wait for
             return
-        encoder = app.deployments.get(Encoder.name) if app is not None else None
-        if encoder is None or encoder.replica_states.get("RUNNING", 0) > 0 or app.status not in DEPLOYING_STATUSES:
+        if app is None or app.status not in DEPLOYING_STATUSES:
+            return
+        # no Encoder listed yet: the encoder application's own build has not finished (it lists no deployments until
+        # then), which is no reason not to wait (a CI run placed both heads before the Encoder that way)
+        encoder = app.deployments.get(Encoder.name)
+        if encoder is not None and encoder.replica_states.get("RUNNING", 0) > 0:
             return
         time.sleep(1.0)
 

@@ -13,11 +13,13 @@ from ray import serve
 import graph
 
 
-def status_of(app_status: str | None, running: int = 0) -> SimpleNamespace:
+def status_of(app_status: str | None, running: int = 0, built: bool = True) -> SimpleNamespace:
+    """`built` False: the encoder application's build is still running, so Serve lists no deployments for it."""
     applications = {}
     if app_status is not None:
         encoder = SimpleNamespace(replica_states={"RUNNING": running} if running else {"STARTING": 1})
-        applications["encoder"] = SimpleNamespace(status=app_status, deployments={"Encoder": encoder})
+        deployments = {"Encoder": encoder} if built else {}
+        applications["encoder"] = SimpleNamespace(status=app_status, deployments=deployments)
     return SimpleNamespace(applications=applications)
 
 
@@ -42,6 +44,17 @@ def test_a_build_waits_until_the_first_encoder_replica_runs(fake_serve):
     calls = fake_serve(status_of("DEPLOYING"), status_of("DEPLOYING"), status_of("DEPLOYING", running=1))
     graph.wait_for_first_encoder("encoder", wait_s=60)
     assert len(calls) == 3
+
+
+def test_a_build_waits_while_the_encoder_application_is_still_building(fake_serve):
+    calls = fake_serve(
+        status_of("NOT_STARTED", built=False),
+        status_of("DEPLOYING", built=False),
+        status_of("DEPLOYING"),
+        status_of("DEPLOYING", running=1),
+    )
+    graph.wait_for_first_encoder("encoder", wait_s=60)
+    assert len(calls) == 4
 
 
 @pytest.mark.parametrize(
