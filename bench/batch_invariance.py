@@ -29,7 +29,7 @@ from multitask.served_model import ServedModel
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "bench" / "results"
-RUNTIMES = ("onnx", "onnx-int8", "onnx-int8-unlimited", "int8-per-token", "int8-blockwise", "torch")
+RUNTIMES = ("onnx", "onnx-int8", "onnx-int8-unlimited", "int8-per-token", "int8-blockwise", "int8-static", "torch")
 PASSES = (4, 32)
 
 
