@@ -50,6 +50,13 @@ TIERS = ("unit", "model", "graph", "local_ray", "batch")
 """Folders whose tests get their folder's marker (pyproject.toml describes each): `pytest -m "unit or model"`."""
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Whatever tier ran, no HAProxy of this session outlives it (tests/support/haproxy_orphans.py)."""
+    from tests.support.haproxy_orphans import stop_orphaned_haproxies
+
+    stop_orphaned_haproxies()
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         tier = item.path.relative_to(TESTS).parts[0]

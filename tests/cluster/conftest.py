@@ -35,7 +35,7 @@ import requests
 import yaml
 
 from operations.ports import free_port, haproxy_ports
-from operations.stale_haproxy import StaleHAProxySettings, stop_stale_haproxies
+from tests.support.haproxy_orphans import stop_orphaned_haproxies
 from tests.support.paths import ROOT
 
 CLUSTER_CONFIG = ROOT / "serve_config.yaml"
@@ -223,8 +223,4 @@ def _served_cluster(tmp_path_factory) -> Iterator[ServedCluster]:
         except (AssertionError, subprocess.TimeoutExpired) as exc:
             print(f"serve shutdown failed: {exc}")
         cluster.shutdown()
-        # A node removed without grace (the node-loss tests) leaves its HAProxy behind, holding its ports: stop the
-        # orphans under this session's private HAProxy directory (tests/conftest.py), the live ones of others untouched
-        stopped = stop_stale_haproxies(StaleHAProxySettings.from_environ())
-        if stopped:
-            print(f"[cluster] stopped {len(stopped)} HAProxy left by removed nodes: {[s.pid for s in stopped]}")
+        stop_orphaned_haproxies()  # a node removed without grace (the node-loss tests) leaves its HAProxy behind

@@ -24,6 +24,7 @@ import yaml
 
 from graph import run_config  # after the root conftest.py applied serve.env
 from operations.ports import free_port
+from tests.support.haproxy_orphans import stop_orphaned_haproxies
 from tests.support.paths import LOCAL_CONFIG
 
 READY_WITHIN_S = 60
@@ -120,3 +121,4 @@ def graph_under_test(
     finally:
         serve.shutdown()
         ray.shutdown()
+        stop_orphaned_haproxies()
