@@ -25,7 +25,7 @@ from graph import APP_NAME, ENCODER_APP, head_app_name, point_config_at
 from operations.config_overlay import deployments_by_name
 from operations.ports import free_port, private_haproxy_env
 from operations.serve_env import read_serve_env
-from operations.stale_haproxy import StaleHAProxySettings, stop_stale_haproxies
+from tests.support.haproxy_orphans import stop_orphaned_haproxies
 from tests.support.make_run import replica_actor_ids
 from tests.support.paths import ROOT
 
@@ -153,7 +153,7 @@ def _stop(process: subprocess.Popen, env: dict[str, str]) -> None:
     except ProcessLookupError:
         pass
     process.wait()
-    stop_stale_haproxies(StaleHAProxySettings.from_environ(env))  # only this test's private HAProxy files
+    stop_orphaned_haproxies(env, settle_s=STOP_TIMEOUT_S)  # only this test's private HAProxy files
 
 
 def _tail(path: Path, chars: int = 4000) -> str:

@@ -1,15 +1,41 @@
-"""Stop the HAProxy processes that a test's Ray left behind under this session's private HAProxy directory
-(tests/conftest.py). A CI run found one after the graph tier: a reloaded HAProxy (`-sf <old pids>`) whose
-HAProxyManager was gone once `serve.shutdown()` and `ray.shutdown()` had returned. It kept the session's HAProxy stats
-and metrics ports, which the next Ray of the session binds again. Only orphans are stopped (operations.stale_haproxy:
-this user's, under this setup's config directory, their HAProxyManager gone); a live one is never touched."""
+"""Stop the HAProxy processes that a test's Ray left behind under a private HAProxy directory (the session's,
+tests/conftest.py, or a test's own). CI runs found them after the graph tier: a reloaded HAProxy (`-sf <old pids>`)
+whose HAProxyManager was gone once Serve and Ray had stopped. One holds its ports (the session's are bound again by
+the session's next Ray). Only orphans are stopped (operations.stale_haproxy: this user's, under this setup's config
+directory, their HAProxyManager gone); a live one is never touched."""
 
 from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
 
 from operations.stale_haproxy import StaleHAProxySettings, stop_stale_haproxies
 
 
-def stop_orphaned_haproxies() -> None:
-    stopped = stop_stale_haproxies(StaleHAProxySettings.from_environ())
+def _running_under(directory: Path) -> list[int]:
+    """Pids of this user's processes that read a config file under `directory` (HAProxy's `-f <dir>/<node>/...`)."""
+    marker = os.fsencode(f"{directory}/")
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and os.stat(f"/proc/{entry}").st_uid == os.getuid():
+                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+                if b"-f" in argv and any(arg.startswith(marker) for arg in argv):
+                    pids.append(int(entry))
+        except OSError:  # gone meanwhile
+            continue
+    return pids
+
+
+def stop_orphaned_haproxies(environ: dict[str, str] | None = None, settle_s: float = 0) -> None:
+    """Stop the orphans of `environ`'s HAProxy setup (default: this process's). `settle_s` > 0, once its Ray is gone:
+    wait that long at most for a HAProxy whose HAProxyManager is still exiting to become an orphan, and stop it too."""
+    settings = StaleHAProxySettings.from_environ(environ)
+    deadline = time.monotonic() + settle_s
+    stopped = stop_stale_haproxies(settings)
+    while settle_s and _running_under(settings.config_file.parent) and time.monotonic() < deadline:
+        time.sleep(1)
+        stopped += stop_stale_haproxies(settings)
     if stopped:
         print(f"\n[teardown] stopped {len(stopped)} orphaned HAProxy: {[(s.pid, str(s.config_file)) for s in stopped]}")
