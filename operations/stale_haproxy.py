@@ -88,7 +88,8 @@ def _is_orphaned(pid: int) -> bool:
     return not (parent_argv or b"").startswith(RAY_WORKER_TITLE_PREFIX)
 
 
-def _as_stale_haproxy(pid: int, settings: StaleHAProxySettings) -> StaleHAProxy | None:
+def _as_setup_haproxy(pid: int, settings: StaleHAProxySettings) -> StaleHAProxy | None:
+    """The process as this setup's HAProxy (this user's, reading a node config of `settings`), live or orphaned."""
     cmdline = _read_proc(pid, "cmdline")
     if not cmdline:
         return None
@@ -100,16 +101,30 @@ def _as_stale_haproxy(pid: int, settings: StaleHAProxySettings) -> StaleHAProxy 
             return None
     except OSError:
         return None
-    return StaleHAProxy(pid, config_file) if _is_orphaned(pid) else None
+    return StaleHAProxy(pid, config_file)
 
 
-def find_stale_haproxies(settings: StaleHAProxySettings) -> list[StaleHAProxy]:
-    """This setup's HAProxy processes whose Ray is gone (Linux /proc; elsewhere, none)."""
+def _as_stale_haproxy(pid: int, settings: StaleHAProxySettings) -> StaleHAProxy | None:
+    haproxy = _as_setup_haproxy(pid, settings)
+    return haproxy if haproxy is not None and _is_orphaned(pid) else None
+
+
+def _find(settings: StaleHAProxySettings, as_found) -> list[StaleHAProxy]:
     try:
         pids = [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
     except OSError:
         return []
-    return [stale for pid in pids if (stale := _as_stale_haproxy(pid, settings)) is not None]
+    return [found for pid in pids if (found := as_found(pid, settings)) is not None]
+
+
+def find_haproxies(settings: StaleHAProxySettings) -> list[StaleHAProxy]:
+    """This setup's HAProxy processes, live or orphaned (Linux /proc; elsewhere, none)."""
+    return _find(settings, _as_setup_haproxy)
+
+
+def find_stale_haproxies(settings: StaleHAProxySettings) -> list[StaleHAProxy]:
+    """This setup's HAProxy processes whose Ray is gone (Linux /proc; elsewhere, none)."""
+    return _find(settings, _as_stale_haproxy)
 
 
 def _stop(stale: StaleHAProxy, settings: StaleHAProxySettings) -> None:

@@ -6,26 +6,9 @@ directory, their HAProxyManager gone); a live one is never touched."""
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 
-from operations.stale_haproxy import StaleHAProxySettings, stop_stale_haproxies
-
-
-def _running_under(directory: Path) -> list[int]:
-    """Pids of this user's processes that read a config file under `directory` (HAProxy's `-f <dir>/<node>/...`)."""
-    marker = os.fsencode(f"{directory}/")
-    pids = []
-    for entry in os.listdir("/proc"):
-        try:
-            if entry.isdigit() and os.stat(f"/proc/{entry}").st_uid == os.getuid():
-                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-                if b"-f" in argv and any(arg.startswith(marker) for arg in argv):
-                    pids.append(int(entry))
-        except OSError:  # gone meanwhile
-            continue
-    return pids
+from operations.stale_haproxy import StaleHAProxySettings, find_haproxies, stop_stale_haproxies
 
 
 def stop_orphaned_haproxies(environ: dict[str, str] | None = None, settle_s: float = 0) -> None:
@@ -34,7 +17,7 @@ def stop_orphaned_haproxies(environ: dict[str, str] | None = None, settle_s: flo
     settings = StaleHAProxySettings.from_environ(environ)
     deadline = time.monotonic() + settle_s
     stopped = stop_stale_haproxies(settings)
-    while settle_s and _running_under(settings.config_file.parent) and time.monotonic() < deadline:
+    while settle_s and find_haproxies(settings) and time.monotonic() < deadline:
         time.sleep(1)
         stopped += stop_stale_haproxies(settings)
     if stopped:

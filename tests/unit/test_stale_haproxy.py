@@ -18,7 +18,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from operations.stale_haproxy import StaleHAProxySettings, find_stale_haproxies, stop_stale_haproxies
+from operations.stale_haproxy import (
+    StaleHAProxySettings,
+    find_haproxies,
+    find_stale_haproxies,
+    stop_stale_haproxies,
+)
 
 NODE_ID = "e72718b1dfb77af4864a93703a47c5ace604f1cdd3b756580b0b99c5"
 
@@ -91,6 +96,7 @@ def test_stops_an_orphaned_haproxy_of_this_setup_only(tmp_path: Path, spawned: l
     for pid in (orphan, other_orphan, live):
         wait_cmdline(pid)
 
+    assert sorted(haproxy.pid for haproxy in find_haproxies(settings)) == sorted([orphan, live])
     assert [stale.pid for stale in find_stale_haproxies(settings)] == [orphan]
     assert [stale.pid for stale in stop_stale_haproxies(settings)] == [orphan]
     assert _exited(orphan)
