@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from multitask.runtime.onnx_cache import EXPORT_FILE, INT8_ONNX_FILE, ONNX_FILE, TOKENIZER_FILE
-from multitask.runtime.onnx_export import quantize_file
+from multitask.runtime.onnx_export import kept_float32, quantize_file
 from multitask.runtime.onnx_runtime import OnnxEncoderRuntime
 
 ALTERNATIVES = ("per-token", "blockwise", "static")
@@ -98,24 +98,22 @@ def static_file(float32: Path, tokenizer_file: Path, max_length: int, target: Pa
     tokenizer.enable_truncation(max_length)
     tokenizer.no_padding()
 
-    class Reader(CalibrationDataReader):
+    class Reader(CalibrationDataReader):  # one text per pass
         def __init__(self):
-            self.ids = [encoding.ids for encoding in tokenizer.encode_batch(texts)]
+            self.rows = iter([encoding.ids for encoding in tokenizer.encode_batch(texts)])
 
         def get_next(self):
-            if not self.ids:
+            row = next(self.rows, None)
+            if row is None:
                 return None
-            row, self.ids = self.ids[0], self.ids[1:]
             return {"input_ids": np.array([row], np.int64), "attention_mask": np.ones((1, len(row)), np.int64)}
 
     graph = onnx.load(str(float32), load_external_data=False).graph
     weights = {initializer.name for initializer in graph.initializer}
-    quantized = [  # the served recipe's matrices: MatMuls by a weight, less the first layer's FFN output projection
+    quantized = [  # the served recipe's matrices: MatMuls by a weight, less the one it keeps float32
         node.name
         for node in graph.node
-        if node.op_type == "MatMul"
-        and node.input[1] in weights
-        and not node.name.endswith("/layer.0/output/dense/MatMul")
+        if node.op_type == "MatMul" and node.input[1] in weights and not kept_float32(node)
     ]
     quantize_static(
         str(float32),

@@ -132,6 +132,12 @@ def export_encoder(checkpoint: str | Path, out_dir: str | Path) -> dict:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def kept_float32(node) -> bool:
+    """Whether the int8 recipe keeps this ONNX node's matrix float32: the first transformer layer's feed-forward
+    output projection (`quantize_file` says why)."""
+    return node.op_type == "MatMul" and node.name.endswith("/layer.0/output/dense/MatMul")
+
+
 def quantize_file(source: str | Path, target: str | Path) -> list[str]:
     """Quantize the ONNX transformer `source` into `target` with this project's int8 recipe; returns the names of
     the weight matrices kept in float32. Used for the served encoder (`quantize_export`) and for the peer's int8
@@ -149,9 +155,7 @@ def quantize_file(source: str | Path, target: str | Path) -> list[str]:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     keep_float = [
-        node.name
-        for node in onnx.load(str(source), load_external_data=False).graph.node
-        if node.op_type == "MatMul" and node.name.endswith("/layer.0/output/dense/MatMul")
+        node.name for node in onnx.load(str(source), load_external_data=False).graph.node if kept_float32(node)
     ]
     quantize_dynamic(
         str(source), str(target), weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=keep_float
