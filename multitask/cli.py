@@ -9,6 +9,7 @@
     multitask bundle checkpoints/default s3://bucket/ckpt-bundled     # with the encoder's weights and tokenizer
     multitask add-task news_region --data regions.csv --checkpoint checkpoints/default --output heads/news_region
     multitask classify s3://bucket/tickets/ s3://bucket/labelled/ [--tasks topic] [--with-embeddings]   # Ray Data
+    multitask activation-ranges checkpoints/default   # int8's fixed activation scales, for a checkpoint without them
 
 A checkpoint is a local path or a storage URI (s3://, gs://, file://, ...) wherever one is asked for; S3 takes its
 endpoint and credentials from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION.
@@ -86,6 +87,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     example.add_argument("output", type=Path, help="the CSV to write (text, label)")
     _add_classify(commands)
+    ranges = commands.add_parser(
+        "activation-ranges",
+        help="measure the encoder's activation ranges on the validation files its training record names, for "
+        "batch-invariant int8 serving (training writes them; this is for checkpoints trained before)",
+    )
+    ranges.add_argument(
+        "checkpoint", type=Path, help="local checkpoint folder (activation_ranges.json is written in it)"
+    )
+    ranges.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
@@ -144,6 +154,13 @@ def main(argv: list[str] | None = None) -> int:
             return _add_task(args)
         if args.command == "classify":
             return _classify(args)
+        if args.command == "activation-ranges":
+            from multitask.training.activation_ranges import recorded_validation_texts, write_activation_ranges
+
+            validation = recorded_validation_texts(args.checkpoint)
+            ranges = write_activation_ranges(args.checkpoint, validation, progress=not args.no_progress)
+            print(json.dumps({"checkpoint": str(args.checkpoint), "texts": ranges.texts, "layers": len(ranges.ranges)}))
+            return 0
         checkpoint = locate_checkpoint(args.checkpoint)
         if args.command == "evaluate":
             from multitask.evaluate import evaluate_file

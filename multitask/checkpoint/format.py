@@ -3,6 +3,7 @@
     config.json          the manifest (manifest.py): model config, encoder identity, training config, metrics, calibration
     model.safetensors    projection.* and heads.<task>.* (each head loadable on its own)
     encoder.safetensors  LoRA adapters or full encoder weights (only when fine-tuned)
+    activation_ranges.json  each encoder Linear's input range on validation texts: the int8 runtime's fixed scales
     base_encoder/        the base encoder's weights and tokenizer (only in a bundle: `multitask bundle`)
     report/              evaluation report written by training (metrics, plots)
     digest.json          every file's size and SHA-256 (written by uploads to storage URIs: multitask/storage.py)
@@ -19,6 +20,8 @@ CONFIG_FILE = "config.json"
 MODEL_FILE = "model.safetensors"
 ENCODER_FILE = "encoder.safetensors"
 DIGEST_FILE = "digest.json"
+ACTIVATION_RANGES_FILE = "activation_ranges.json"
+"""Written by training (activation_ranges.py); without it the int8 runtime quantizes activations per pass."""
 BUNDLE_DIR = "base_encoder"
 """A bundled checkpoint's copy of the base encoder (weights and tokenizer, as `save_pretrained` writes them)."""
 BUNDLE_WEIGHTS_FILE = "model.safetensors"

@@ -37,6 +37,7 @@ from multitask.model import MultiTaskModel
 from multitask.runtime.select import pick_device
 from multitask.runtime.torch_runtime import TorchEncoderRuntime
 from multitask.sampling import task_schedule
+from multitask.training.activation_ranges import write_activation_ranges
 from multitask.training.calibration import fit_temperature
 from multitask.training.class_weights import class_weights
 from multitask.training.config import TrainConfig
@@ -229,6 +230,8 @@ def _finish(config: TrainConfig, context: WorkerContext, model, module, feeds, h
     if context.is_main:
         module.cpu()
         result.manifest = _save(config, model, metrics, history, calibration, wise_ft)
+        validation = {task: parts["validation"].texts for task, parts in feeds.items()}
+        write_activation_ranges(config.output_dir, validation, show)  # the int8 runtime's fixed scales
     return result
 
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
+from multitask.checkpoint.activation_ranges import read_activation_ranges
 from multitask.checkpoint.load import load_model
 from multitask.cli import main
+from multitask.data import read_task_file
 from multitask.encoder import SentenceEncoder
 from multitask.errors import MultitaskError
 from multitask.training.config import TrainConfig, load_train_config
@@ -35,6 +38,20 @@ def test_tiny_training_learns_a_separable_task(frozen_run):
         TOPIC_PROBES
     )
     assert [r["sentiment"]["label"] for r in model.predict(list(SENTIMENT_PROBES.values()))] == list(SENTIMENT_PROBES)
+
+
+def test_training_writes_the_int8_activation_ranges_of_its_encoder(frozen_run):
+    """What the int8 runtime fixes its activation scales from: every Linear of the encoder as exported, measured on
+    the run's validation texts."""
+    config, result = frozen_run
+    ranges = read_activation_ranges(config.output_dir)
+    assert ranges is not None and ranges.fingerprint == result.manifest.encoder.fingerprint
+    validation = sum(len(read_task_file(config.data[task.name].validation, task)) for task in config.model.tasks)
+    assert ranges.texts == min(validation, 512 * len(config.model.tasks))
+    encoder = load_model(config.output_dir).encoder
+    linears = {name for name, module in encoder.named_modules() if isinstance(module, torch.nn.Linear)}
+    assert set(ranges.ranges) == linears
+    assert all(low <= high for low, high in ranges.ranges.values())
 
 
 def test_frozen_mode_writes_the_embedding_cache_and_reuses_it(frozen_run, monkeypatch):
