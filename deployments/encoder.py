@@ -8,8 +8,8 @@ Concurrent `encode` calls are batched continuously (`deployments/batcher.py`): a
 runs at once, calls that arrive during a forward pass form the next one, up to `max_batch_size` texts (the ingress
 already sends one call per batch of requests; a larger call runs alone). The gathered texts are tokenized once,
 sorted by length and run in passes of at most `max_batch_size` texts and `max_batch_tokens` padded tokens (one text
-a pass with `runtime: onnx-int8`, whose passes would otherwise make a text's answer depend on its batch mates), in a
-worker thread, so the replica's event loop keeps accepting requests meanwhile. Every text is encoded once per
+a pass with `runtime: onnx-int8` on a checkpoint without activation ranges, whose per-pass activation scales would
+otherwise make a text's answer depend on its batch mates: `max_pass_texts`), in a worker thread, so the replica's event loop keeps accepting requests meanwhile. Every text is encoded once per
 request, whatever the number of heads that read its embedding.
 """
 
@@ -124,8 +124,8 @@ class Encoder:
 
     def stats(self) -> dict:
         """This replica's counters since it started (tests use them to see batching at work): `batches` gathered
-        from concurrent calls and the texts of the largest, forward `passes` and the texts of the largest (1 with
-        the int8 runtime, which runs each text alone: `max_pass_texts`)."""
+        from concurrent calls and the texts of the largest, forward `passes` and the texts of the largest (1 where
+        the runtime runs each text alone: `max_pass_texts`)."""
         return {
             "batches": self._batches,
             "texts": self._texts,

@@ -18,9 +18,10 @@ process never imports torch.
     python -m multitask.runtime.onnx_export checkpoints/default /tmp/encoder-onnx --precision int8
 
 also writes `encoder.int8.onnx` (and `int8.json`, its recipe and parity figures) beside the float32 file, exporting
-that first if needed: onnxruntime's dynamic quantization (`quantize_dynamic`, library tooling), `quantize_export`
-below says which settings and why. It is checked against the float32 file on the probe texts (`INT8_MIN_COSINE`,
-identical truncation flags) before it is renamed into place.
+that first if needed: onnxruntime's static quantization with the activation scales fixed from the checkpoint's
+`activation_ranges.json` (`quantize_static_file`), or, for a checkpoint without one, its dynamic quantization
+(`quantize_file`, activation scales per pass). `quantize_export` says which settings and why. It is checked against
+the float32 file on the probe texts (`INT8_MIN_COSINE`, identical truncation flags) before it is renamed into place.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from multitask.checkpoint.activation_ranges import ActivationRanges, activation_ranges_digest, read_activation_ranges
 from multitask.checkpoint.digest import encoder_digest
 from multitask.checkpoint.load import load_encoder
 from multitask.errors import CheckpointError, MultitaskError
@@ -163,16 +165,183 @@ def quantize_file(source: str | Path, target: str | Path) -> list[str]:
     return keep_float
 
 
-def quantize_export(directory: str | Path) -> dict:
-    """Quantize the float32 export in `directory` (`quantize_file`) to `encoder.int8.onnx` beside it, checked against
-    float32 on the probe texts first; returns the `int8.json` contents."""
+def linear_module(node) -> str:
+    """The encoder module an exported node belongs to: the TorchScript exporter names nodes by module path, so
+    `/transformer/encoder/layer.0/attention/self/query/MatMul` is `transformer.encoder.layer.0.attention.self.query`
+    (the key of its input's range in `activation_ranges.json`)."""
+    return node.name.removeprefix("/").rpartition("/")[0].replace("/", ".")
+
+
+def quantize_static_file(
+    source: str | Path, target: str | Path, ranges: ActivationRanges, probe: list[int]
+) -> list[str]:
+    """Quantize the ONNX transformer `source` into `target` with every activation scale fixed from `ranges`; returns
+    the names of the weight matrices kept in float32. CheckpointError if `ranges` lacks a quantized MatMul's input.
+
+    onnxruntime's static quantization (QDQ): the same matrices and per-channel int8 weights as `quantize_file`, each
+    MatMul's input quantized (uint8) with a scale and zero point from its Linear's [min, max] over validation texts
+    (`TensorQuantOverrides`, so the calibration pass over `probe`, one tokenized text, sets none of them), its output
+    float32 with the bias added in the same kernel (`_fuse_int8_matmuls`), the residual stream unquantized
+    (`_float_residuals`). No scale depends on the pass, so a text's answer is its own in passes of any size: over
+    the full shared test splits it moves by 2.4e-7 at most (float32's own batch-shape noise) and no label changes
+    (bench/batch_invariance.py)."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    graph = onnx.load(str(source), load_external_data=False).graph
+    weights = {initializer.name for initializer in graph.initializer}
+    quantized, keep_float, overrides, missing = [], [], {}, []
+    for node in graph.node:
+        if node.op_type != "MatMul" or node.input[1] not in weights:
+            continue  # attention's activation-by-activation MatMuls stay float32, as in the dynamic recipe
+        if kept_float32(node):
+            keep_float.append(node.name)
+        elif linear_module(node) not in ranges.ranges:
+            missing.append(linear_module(node))
+        else:
+            quantized.append(node.name)
+            low, high = ranges.ranges[linear_module(node)]
+            overrides[node.input[0]] = [{"rmin": np.float32(min(low, 0.0)), "rmax": np.float32(max(high, 0.0))}]
+    if missing or not quantized:
+        raise CheckpointError(
+            f"activation_ranges.json has no range for {len(missing) or 'any'} of the exported encoder's MatMul "
+            f"inputs ({', '.join(missing[:3]) or 'none quantizable'}...): it was measured on another architecture."
+        )
+
+    class OnePass(CalibrationDataReader):  # required by quantize_static; every range it would set is overridden
+        def __init__(self):
+            self.passes = iter(
+                [{"input_ids": np.array([probe], np.int64), "attention_mask": np.ones((1, len(probe)), np.int64)}]
+            )
+
+        def get_next(self):
+            return next(self.passes, None)
+
+    quantize_static(
+        str(source),
+        str(target),
+        OnePass(),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=["MatMul"],
+        nodes_to_quantize=quantized,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+        # float32 out of each MatMul, as the dynamic recipe's MatMulIntegerToFloat: no second rounding of the output
+        extra_options={"OpTypesToExcludeOutputQuantization": ["MatMul"], "TensorQuantOverrides": overrides},
+    )
+    _float_residuals(target)
+    _fuse_int8_matmuls(target)
+    activations = {node.input[0] for node in onnx.load(str(target)).graph.node if node.op_type == "QuantizeLinear"}
+    if not activations <= set(overrides):
+        raise CheckpointError(
+            f"quantize_static quantized tensors without a measured range: {activations - set(overrides)}"
+        )
+    return keep_float
+
+
+def _float_residuals(path: Path) -> None:
+    """The QDQ quantizer feeds every reader of a quantized activation its quantize-dequantize round trip, the
+    residual Adds and LayerNorms too: give those the float32 tensor again, so that only the MatMuls read int8 (as in
+    the dynamic recipe)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    producers = {output: node for node in model.graph.node for output in node.output}
+    float_of = {}  # a DequantizeLinear's output -> the float tensor its QuantizeLinear read
+    for node in model.graph.node:
+        source = producers.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+        if source is not None and source.op_type == "QuantizeLinear":
+            float_of[node.output[0]] = source.input[0]
+    for node in model.graph.node:
+        if node.op_type != "MatMul":
+            for i, name in enumerate(node.input):
+                node.input[i] = float_of.get(name, name)
+    onnx.save(model, str(path))
+
+
+def _fuse_int8_matmuls(path: Path) -> None:
+    """Each quantized Linear (int8 activation and weight dequantized into a MatMul, then its bias Add) as one
+    `MatMulIntegerToFloat` (onnxruntime's contrib op, bias included): the QDQ file left onnxruntime's own fusion
+    without the bias, one extra Add per Linear, which cost ~8% of texts/s in passes of 1-4 texts. Same results."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    producers = {output: node for node in graph.node for output in node.output}
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    initializers = {initializer.name for initializer in graph.initializer}
+    fused, dropped = {}, set()
+    for node in graph.node:
+        if node.op_type != "MatMul":
+            continue
+        a, b = producers.get(node.input[0]), producers.get(node.input[1])
+        adds = readers.get(node.output[0], [])
+        if not (
+            a and b and a.op_type == b.op_type == "DequantizeLinear" and len(adds) == 1 and adds[0].op_type == "Add"
+        ):
+            continue
+        bias = [name for name in adds[0].input if name != node.output[0]]
+        if len(bias) != 1 or bias[0] not in initializers or not set(b.input) <= initializers:
+            continue
+        fused[id(adds[0])] = helper.make_node(
+            "MatMulIntegerToFloat",  # A, B, a_scale, b_scale, a_zero_point, b_zero_point, bias
+            [a.input[0], b.input[0], a.input[1], b.input[1], a.input[2], b.input[2], bias[0]],
+            [adds[0].output[0]],
+            name=f"{node.name}Integer",
+            domain="com.microsoft",
+        )
+        dropped |= {id(node), id(b)}
+    nodes = [fused.get(id(node), node) for node in graph.node if id(node) not in dropped]
+    read = {name for node in nodes for name in node.input} | {output.name for output in graph.output}
+    nodes = [n for n in nodes if n.op_type != "DequantizeLinear" or any(o in read for o in n.output)]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    if not any(opset.domain == "com.microsoft" for opset in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    onnx.save(model, str(path))
+
+
+def quantize_export(
+    directory: str | Path, ranges: ActivationRanges | None = None, ranges_digest: str | None = None
+) -> dict:
+    """Quantize the float32 export in `directory` to `encoder.int8.onnx` beside it, checked against float32 on the
+    probe texts first; returns the `int8.json` contents. With the checkpoint's activation `ranges` (and the
+    `ranges_digest` of their file) the activation scales are fixed (`quantize_static_file`: batch-invariant, so
+    passes of any size); without them, or if they do not fit this encoder, they are per pass (`quantize_file`:
+    `int8.json` says why, and the runtime then runs one text per pass)."""
     directory = Path(directory)
     source = directory / ONNX_FILE
+    export = json.loads((directory / EXPORT_FILE).read_text())
     staging = Path(tempfile.mkdtemp(prefix=".int8.", dir=directory))  # the int8 file, run the way serving runs it
     try:
         for name in (EXPORT_FILE, TOKENIZER_FILE):
             shutil.copyfile(directory / name, staging / name)
-        keep_float = quantize_file(source, staging / INT8_ONNX_FILE)
+        why_dynamic = None
+        if ranges is None:
+            why_dynamic = "the checkpoint has no activation_ranges.json (`multitask activation-ranges` writes it)"
+        elif ranges.fingerprint != export["fingerprint"]:
+            why_dynamic = f"activation_ranges.json was measured on encoder {ranges.fingerprint}, not this one"
+        else:
+            probe = OnnxEncoderRuntime(directory, threads=1).tokenize(_PROBE_TEXTS[:1])[0][0]
+            try:
+                keep_float = quantize_static_file(source, staging / INT8_ONNX_FILE, ranges, probe)
+            except CheckpointError as exc:
+                why_dynamic = str(exc)
+        if why_dynamic is not None:
+            print(f"int8: activation scales per pass (one text per pass): {why_dynamic}", file=sys.stderr)
+            keep_float = quantize_file(source, staging / INT8_ONNX_FILE)
         expected, expected_truncated = OnnxEncoderRuntime(directory, threads=1).forward(_PROBE_TEXTS)
         got, truncated = OnnxEncoderRuntime(staging, threads=1, precision="int8").forward(_PROBE_TEXTS)
         cosine = (got * expected).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected, axis=1)
@@ -186,7 +355,10 @@ def quantize_export(directory: str | Path) -> dict:
 
         info = {
             "format": INT8_FORMAT,
-            "quantization": "onnxruntime.quantization.quantize_dynamic",
+            "activations": "dynamic" if why_dynamic else "static",
+            "why_dynamic": why_dynamic,
+            "activation_ranges_sha256": ranges_digest,
+            "quantization": f"onnxruntime.quantization.quantize_{'dynamic' if why_dynamic else 'static'}",
             "weight_type": "QInt8",
             "per_channel": True,
             "kept_float32": keep_float,
@@ -227,7 +399,8 @@ def main() -> None:
         else:
             info = export_encoder(args.checkpoint, out_dir)
         if args.precision == "int8":
-            info = {**info, "int8": quantize_export(args.out_dir)}
+            ranges = read_activation_ranges(args.checkpoint)
+            info = {**info, "int8": quantize_export(args.out_dir, ranges, activation_ranges_digest(args.checkpoint))}
     except MultitaskError as exc:  # the parent process re-raises it as the same class (`ensure_export`)
         print(ERROR_PREFIX + json.dumps({"type": type(exc).__name__, "message": str(exc)}), file=sys.stderr)
         raise SystemExit(2) from None

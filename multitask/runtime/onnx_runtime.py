@@ -2,12 +2,12 @@
 
     runtime = OnnxEncoderRuntime.load("checkpoints/default", threads=2)   # exports on first use, then cached
     embeddings, truncated = runtime.forward(["a sentence", "another"])     # (2, embedding_dim) float32, [False, False]
-    int8 = OnnxEncoderRuntime.load("checkpoints/default", precision="int8")  # dynamic int8, quantized on first use
+    int8 = OnnxEncoderRuntime.load("checkpoints/default", precision="int8")  # int8, quantized on first use
 
 The serving process needs far less memory without torch and transformers (README, Performance, has the figures).
 The export (`onnx_export.py`) runs once per encoder into a cache directory (`onnx_cache.py`). `precision="int8"`
-runs the same export quantized by onnxruntime's dynamic int8 quantization (`onnx_export.quantize_export`), kept
-beside the float32 file; its closeness to float32 is checked when it is made.
+runs the same export quantized to int8 by onnxruntime (`onnx_export.quantize_export`), kept beside the float32
+file; its closeness to float32 is checked when it is made.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from multitask.checkpoint.manifest import CheckpointManifest
 from multitask.runtime.base import EncoderRuntime
 from multitask.runtime.onnx_cache import (
     EXPORT_FILE,
+    INT8_FILE,
     INT8_ONNX_FILE,
     ONNX_FILE,
     PRECISIONS,
@@ -32,7 +33,7 @@ from multitask.runtime.text_window import Tokenized
 
 class OnnxEncoderRuntime(EncoderRuntime):
     """An exported encoder (`ensure_export`'s directory) on CPU; `precision` int8 runs the quantized file (weights
-    int8, activations quantized per pass, so one text per pass; outputs float32)."""
+    int8, activations quantized with fixed scales, or per pass and then one text per pass; outputs float32)."""
 
     device = "cpu"
 
@@ -50,12 +51,13 @@ class OnnxEncoderRuntime(EncoderRuntime):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
         self.dtype = precision
-        # dynamic int8 quantizes each activation with one scale per tensor, i.e. per pass: batch mates and their
-        # padding would move a text's answer (by up to 0.33 of confidence). One text per pass keeps it the text's
-        # own, at ~1.3x the CPU per text of passes of 4 (bench/batch_invariance.py); float32 passes are invariant
-        self.max_pass_texts = 1 if precision == "int8" else 0
         self.directory = Path(directory)
         self.info = json.loads((self.directory / EXPORT_FILE).read_text())
+        self.activations = self._int8_activations() if precision == "int8" else None
+        # dynamic int8 (a checkpoint without activation ranges) quantizes each activation with one scale per tensor,
+        # i.e. per pass: batch mates and their padding would move a text's answer (by up to 0.33 of confidence).
+        # One text per pass keeps it the text's own. Static int8's scales are fixed, and float32 passes invariant
+        self.max_pass_texts = 1 if self.activations == "dynamic" else 0
         self.tokenizer = Tokenizer.from_file(str(self.directory / TOKENIZER_FILE))
         self.tokenizer.enable_truncation(self.max_length)  # `overflowing` then tells which texts were cut
         self.tokenizer.no_padding()  # padded per pass, to that pass's longest text
@@ -74,6 +76,14 @@ class OnnxEncoderRuntime(EncoderRuntime):
         manifest: CheckpointManifest | None = None,
     ) -> OnnxEncoderRuntime:
         return cls(ensure_export(checkpoint, cache_dir, precision, manifest), threads, precision)
+
+    def _int8_activations(self) -> str:
+        """How the int8 file quantizes activations, from `int8.json`: "static" (fixed scales) or "dynamic"
+        (per pass; also a file without that record)."""
+        try:
+            return str(json.loads((self.directory / INT8_FILE).read_text()).get("activations", "dynamic"))
+        except (OSError, ValueError):
+            return "dynamic"
 
     @property
     def fingerprint(self) -> str:
@@ -130,4 +140,5 @@ class OnnxEncoderRuntime(EncoderRuntime):
             "max_length": self.max_length,
             "dimension": self.embedding_dim,
             "max_pass_texts": self.max_pass_texts,
+            "activations": self.activations,
         }

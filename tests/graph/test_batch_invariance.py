@@ -52,3 +52,4 @@ def test_a_texts_answer_is_its_own_alone_beside_others_and_under_load(service, s
     assert after["texts"] - before["texts"] == sum(len(texts) for texts in requests)
     assert after["batches"] - before["batches"] < len(requests)  # requests shared the Encoder's batches
     assert after["largest_batch"] > 4  # a batch held texts of several requests
+    assert after["largest_pass"] > 1  # and int8 ran them in shared passes (its activation scales are fixed)

@@ -1,6 +1,7 @@
 """The int8 encoder (`runtime: onnx-int8`, what the local config and so the graph here serve): close to float32 (the
-export's own cosine bound), the same truncation flags and token counts, one text per pass, cached beside the
-float32 export, and what the deployed Encoder runs."""
+export's own cosine bound), the same truncation flags and token counts, activation scales fixed from the shipped
+checkpoint's activation ranges (so passes of several texts), cached beside the float32 export, and what the deployed
+Encoder runs."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def test_int8_embeddings_stay_within_the_exports_cosine_bound(runtimes):
     assert cosines(got.embeddings, want.embeddings).min() >= INT8_MIN_COSINE
     assert not np.allclose(got.embeddings, want.embeddings, atol=1e-4)  # really the quantized file
     assert got.truncated == want.truncated and got.truncated[:3] == [True, False, False]
-    assert got.token_counts == want.token_counts and got.pass_sizes == [1] * len(TEXTS)  # each text alone
+    assert got.token_counts == want.token_counts and max(got.pass_sizes) == 4  # shared passes: fixed scales
     assert int8.describe()["dtype"] == "int8" and int8.fingerprint == float32.fingerprint
 
 
@@ -59,15 +60,21 @@ def test_the_int8_file_is_cached_beside_the_float32_export(service, runtimes):
     assert quantized.stat().st_mtime_ns == before  # not quantized again
     info = json.loads((int8.directory / INT8_FILE).read_text())
     assert info["per_channel"] and info["probe_min_cosine"] >= INT8_MIN_COSINE
+    assert (info["activations"], info["why_dynamic"]) == ("static", None)
 
 
 def test_the_deployed_encoder_serves_int8(service, runtimes):
-    """The graph's Encoder runs the int8 file, one text per pass: its /v1/embed is the int8 runtime's, within the
-    cosine bound of float32 and not float32 itself."""
+    """The graph's Encoder runs the static int8 file, in shared passes: its /v1/embed is the int8 runtime's, within
+    the cosine bound of float32 and not float32 itself."""
     float32, int8 = runtimes
     texts = TEXTS[:6]
     info = serve.get_deployment_handle("Encoder", app_name=ENCODER_APP).info.remote().result()
-    assert (info["runtime"], info["dtype"], info["max_pass_texts"]) == ("onnx", "int8", 1)
+    assert (info["runtime"], info["dtype"], info["activations"], info["max_pass_texts"]) == (
+        "onnx",
+        "int8",
+        "static",
+        0,
+    )
     served = service.post("/v1/embed", json={"texts": texts, "normalize": False}).json()
     got = np.array(served["embeddings"])
     assert np.allclose(got, int8.forward(texts)[0], atol=1e-5)
