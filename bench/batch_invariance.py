@@ -5,12 +5,13 @@ encoded alone and inside random passes of 4 and 32 other test texts, on the ship
     python bench/batch_invariance.py --runtimes onnx-int8 --limit 600
 
 For each runtime: the largest change of a served confidence and the number of labels that change (alone vs in
-passes), and the texts/s of one thread encoding the same texts in passes of 1, 4 and 32, as ratios to passes of 1
-(what the int8 runtime now runs: `max_pass_texts` 1). The row `onnx-int8, passes allowed` is the int8 runtime with
-its one-text limit lifted: what it served before, to show what the limit fixes. The rows `int8-per-token` and
-`int8-blockwise` are the other fixes measured for int8, in shared passes (`bench/int8_alternatives.py`). Each row
-also gives the least cosine of a text's embedding (alone) to the float32 onnx one, and its passes' texts/s as a
-ratio to what is served for int8 (`onnx-int8`, one text per pass).
+passes), and the texts/s of one thread encoding the same texts in passes of 1, 4 and 32, as ratios to passes of 1.
+`onnx-int8` is what the runtime serves for the shipped checkpoint: static int8 (activation scales fixed from its
+`activation_ranges.json`), passes of any size. `int8-dynamic` is what it serves for a checkpoint without activation
+ranges (dynamic int8, one text per pass: `max_pass_texts` 1), and `int8-dynamic-unlimited` the same file in shared
+passes: what was served before, to show what the fixes fix. `int8-per-token` and `int8-blockwise` are the other
+fixes measured (`bench/int8_alternatives.py`). Each row also gives the least cosine of a text's embedding (alone) to
+the float32 onnx one, and its texts/s as a ratio to dynamic int8 one text per pass (`int8-dynamic`, passes of 1).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from multitask.served_model import ServedModel
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "bench" / "results"
-RUNTIMES = ("onnx", "onnx-int8", "onnx-int8-unlimited", "int8-per-token", "int8-blockwise", "int8-static", "torch")
+RUNTIMES = ("onnx", "onnx-int8", "int8-dynamic", "int8-dynamic-unlimited", "int8-per-token", "int8-blockwise", "torch")
 PASSES = (4, 32)
 
 
@@ -46,12 +47,13 @@ def test_texts(limit: int) -> list[str]:
 def load(checkpoint: str, name: str) -> ServedModel:
     if name.startswith("int8-"):  # an alternative, built from the float32 export
         float32 = ServedModel.load(checkpoint, runtime="onnx", device="cpu", dtype="float32")
-        return ServedModel(alternative_runtime(float32.runtime.directory, name.removeprefix("int8-")), float32.heads)
-    runtime = "onnx-int8" if name.startswith("onnx-int8") else name
-    model = ServedModel.load(checkpoint, runtime=runtime, device="cpu", dtype="float32")
+        alternative = name.removeprefix("int8-").removesuffix("-unlimited")
+        runtime = alternative_runtime(float32.runtime.directory, alternative)
+        if name == "int8-dynamic":
+            runtime.max_pass_texts = 1  # as served for a checkpoint without activation ranges
+        return ServedModel(runtime, float32.heads)
+    model = ServedModel.load(checkpoint, runtime=name, device="cpu", dtype="float32")
     model.runtime.set_threads(1)
-    if name == "onnx-int8-unlimited":
-        model.runtime.max_pass_texts = 0  # what the int8 runtime did before its one-text passes
     return model
 
 
@@ -96,13 +98,13 @@ def main() -> None:
         "",
         (
             "| runtime | least cosine to float32 | pass size | max confidence change (topic, sentiment) "
-            "| labels that change (topic, sentiment) | texts/s in passes of this size | x passes of 1 | x onnx-int8 |"
+            "| labels that change (topic, sentiment) | texts/s in passes of this size | x passes of 1 | x int8-dynamic |"
         ),
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    served_int8 = rows["onnx-int8"]["texts_per_s"][1] if "onnx-int8" in rows else None
+    served_int8 = rows["int8-dynamic"]["texts_per_s"][1] if "int8-dynamic" in rows else None
     for name, row in rows.items():
-        label = "onnx-int8, passes allowed (before)" if name == "onnx-int8-unlimited" else name
+        label = "int8-dynamic, passes allowed (served before)" if name == "int8-dynamic-unlimited" else name
         base, cosine = row["texts_per_s"][1], row["least_cosine_to_float32"]
 
         def versus(rate: float) -> str:

@@ -238,8 +238,9 @@ def evaluate_checkpoint(checkpoint: Path, eval_sets: dict[str, TaskDataset], pro
 
 def evaluate_served_encoder(checkpoint: Path, eval_sets: dict[str, TaskDataset], precision: str) -> tuple[dict, float]:
     """`evaluate_checkpoint` with what the CPU service runs (`ServedModel`): the onnxruntime encoder at `precision`
-    (exported and quantized into the default ONNX cache on first use; int8 one text per pass, as served) and the
-    numpy heads; (metrics by set, seconds)."""
+    (exported and quantized into the default ONNX cache on first use; passes of up to 32 texts, as many as the
+    runtime allows: static int8 batches, dynamic int8 runs one text per pass) and the numpy heads; (metrics by set,
+    seconds)."""
     from multitask.served_model import ServedModel
 
     start = time.perf_counter()

@@ -9,8 +9,9 @@ runs at once, calls that arrive during a forward pass form the next one, up to `
 already sends one call per batch of requests; a larger call runs alone). The gathered texts are tokenized once,
 sorted by length and run in passes of at most `max_batch_size` texts and `max_batch_tokens` padded tokens (one text
 a pass with `runtime: onnx-int8` on a checkpoint without activation ranges, whose per-pass activation scales would
-otherwise make a text's answer depend on its batch mates: `max_pass_texts`), in a worker thread, so the replica's event loop keeps accepting requests meanwhile. Every text is encoded once per
-request, whatever the number of heads that read its embedding.
+otherwise make a text's answer depend on its batch mates: `max_pass_texts`), in a worker thread, so the replica's
+event loop keeps accepting requests meanwhile. Every text is encoded once per request, whatever the number of heads
+that read its embedding.
 """
 
 from __future__ import annotations

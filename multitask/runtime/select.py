@@ -64,8 +64,8 @@ def select_runtime(
     manifest: CheckpointManifest | None = None,
 ) -> EncoderRuntime:
     """The checkpoint's encoder, loaded. `runtime` auto = onnx on CPU in float32, torch otherwise; `onnx-int8` = the
-    same export dynamically quantized to int8 (CPU only; opt-in where a checkpoint's quality has not been measured
-    with it: `bench/quality.py --rows int8`). ONNX exports are made on first use, into `onnx_cache_dir`. `manifest`:
+    same export quantized to int8 (CPU only; opt-in where a checkpoint's quality has not been measured with it:
+    `bench/quality.py --rows int8`). ONNX exports are made on first use, into `onnx_cache_dir`. `manifest`:
     the checkpoint's, if the caller has read it (a replica reads it once)."""
     device = pick_device(device, gpu_assigned)
     if runtime == "auto":
