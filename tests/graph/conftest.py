@@ -3,7 +3,8 @@
 A local Ray (no dashboard, token auth off), Serve's HTTP proxy on a free port of 127.0.0.1, and the application
 of serve_config.local.yaml as users run it (every deployment option and `args` of the file, its runtime included:
 int8 today; but one Encoder replica) on a temporary checkpoint: the real embedded encoder with seeded, untrained
-heads (so the tests do not depend on training), plus evaluation metrics to report. The service's answers are
+heads (so the tests do not depend on training), plus evaluation metrics to report and the activation ranges that
+training writes (so its int8 is static int8, as for every trained checkpoint). The service's answers are
 compared with `served_model`, the same checkpoint and runtime in-process, within `ANSWER_TOLERANCE`.
 """
 
@@ -21,16 +22,18 @@ from graph import APP_NAME
 from multitask.checkpoint.load import load_model, save_checkpoint
 from multitask.model import MultiTaskModel
 from multitask.served_model import ServedModel
+from multitask.training.activation_ranges import write_activation_ranges
 from tests.support.graph_under_test import GraphClient, graph_under_test, local_config_with
 from tests.support.paths import LOCAL_CONFIG
 
-from .helpers import METRICS
+from .helpers import METRICS, validation_texts
 
 
 @pytest.fixture(scope="session")
 def checkpoint_dir(minilm_model: MultiTaskModel, tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("serving") / "ckpt"
     save_checkpoint(minilm_model, directory, metrics=METRICS)
+    write_activation_ranges(directory, {"topic": validation_texts("topic"), "sentiment": validation_texts("sentiment")})
     return directory
 
 

@@ -11,6 +11,15 @@ from tests.support.paths import SHARED_DATA
 METRICS = {"topic": {"test": {"accuracy": 0.5, "macro_f1": 0.4}}, "sentiment": {"test": {"accuracy": 0.6}}}
 
 
+def validation_texts(task: str, count: int = 256) -> list[str]:
+    """Texts of a shared validation split (what training measures activation ranges on), synthetic ones without
+    ../shared/data."""
+    path = SHARED_DATA / task / "validation.jsonl"
+    if path.is_file():
+        return [json.loads(line)["text"] for line in path.read_text().splitlines()[:count]]
+    return [f"Sentence number {i} about markets, music and football, said the {task} desk." for i in range(count)]
+
+
 def sample_texts(count: int) -> list[str]:
     """Real sentences from the shared data sets (topic and sentiment test splits, interleaved)."""
     texts: list[str] = []
