@@ -237,9 +237,11 @@ def quantize_static_file(
         # float32 out of each MatMul, as the dynamic recipe's MatMulIntegerToFloat: no second rounding of the output
         extra_options={"OpTypesToExcludeOutputQuantization": ["MatMul"], "TensorQuantOverrides": overrides},
     )
-    _float_residuals(target)
-    _fuse_int8_matmuls(target)
-    activations = {node.input[0] for node in onnx.load(str(target)).graph.node if node.op_type == "QuantizeLinear"}
+    model = onnx.load(str(target))
+    _float_residuals(model)
+    _fuse_int8_matmuls(model)
+    onnx.save(model, str(target))
+    activations = {node.input[0] for node in model.graph.node if node.op_type == "QuantizeLinear"}
     if not activations <= set(overrides):
         raise CheckpointError(
             f"quantize_static quantized tensors without a measured range: {activations - set(overrides)}"
@@ -247,13 +249,10 @@ def quantize_static_file(
     return keep_float
 
 
-def _float_residuals(path: Path) -> None:
+def _float_residuals(model) -> None:
     """The QDQ quantizer feeds every reader of a quantized activation its quantize-dequantize round trip, the
     residual Adds and LayerNorms too: give those the float32 tensor again, so that only the MatMuls read int8 (as in
-    the dynamic recipe)."""
-    import onnx
-
-    model = onnx.load(str(path))
+    the dynamic recipe). Rewrites the ModelProto `model` in place."""
     producers = {output: node for node in model.graph.node for output in node.output}
     float_of = {}  # a DequantizeLinear's output -> the float tensor its QuantizeLinear read
     for node in model.graph.node:
@@ -264,17 +263,15 @@ def _float_residuals(path: Path) -> None:
         if node.op_type != "MatMul":
             for i, name in enumerate(node.input):
                 node.input[i] = float_of.get(name, name)
-    onnx.save(model, str(path))
 
 
-def _fuse_int8_matmuls(path: Path) -> None:
+def _fuse_int8_matmuls(model) -> None:
     """Each quantized Linear (int8 activation and weight dequantized into a MatMul, then its bias Add) as one
     `MatMulIntegerToFloat` (onnxruntime's contrib op, bias included): the QDQ file left onnxruntime's own fusion
-    without the bias, one extra Add per Linear, which cost ~8% of texts/s in passes of 1-4 texts. Same results."""
-    import onnx
+    without the bias, one extra Add per Linear, which cost ~8% of texts/s in passes of 1-4 texts. Same results.
+    Rewrites the ModelProto `model` in place."""
     from onnx import helper
 
-    model = onnx.load(str(path))
     graph = model.graph
     producers = {output: node for node in graph.node for output in node.output}
     readers: dict[str, list] = {}
@@ -310,7 +307,6 @@ def _fuse_int8_matmuls(path: Path) -> None:
     graph.node.extend(nodes)
     if not any(opset.domain == "com.microsoft" for opset in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    onnx.save(model, str(path))
 
 
 def quantize_export(
@@ -323,7 +319,7 @@ def quantize_export(
     `int8.json` says why, and the runtime then runs one text per pass)."""
     directory = Path(directory)
     source = directory / ONNX_FILE
-    export = json.loads((directory / EXPORT_FILE).read_text())
+    float32 = OnnxEncoderRuntime(directory, threads=1)  # the reference, and the tokenizer of the calibration pass
     staging = Path(tempfile.mkdtemp(prefix=".int8.", dir=directory))  # the int8 file, run the way serving runs it
     try:
         for name in (EXPORT_FILE, TOKENIZER_FILE):
@@ -331,10 +327,10 @@ def quantize_export(
         why_dynamic = None
         if ranges is None:
             why_dynamic = "the checkpoint has no activation_ranges.json (`multitask activation-ranges` writes it)"
-        elif ranges.fingerprint != export["fingerprint"]:
+        elif ranges.fingerprint != float32.fingerprint:
             why_dynamic = f"activation_ranges.json was measured on encoder {ranges.fingerprint}, not this one"
         else:
-            probe = OnnxEncoderRuntime(directory, threads=1).tokenize(_PROBE_TEXTS[:1])[0][0]
+            probe = float32.tokenize(_PROBE_TEXTS[:1])[0][0]
             try:
                 keep_float = quantize_static_file(source, staging / INT8_ONNX_FILE, ranges, probe)
             except CheckpointError as exc:
@@ -342,7 +338,7 @@ def quantize_export(
         if why_dynamic is not None:
             print(f"int8: activation scales per pass (one text per pass): {why_dynamic}", file=sys.stderr)
             keep_float = quantize_file(source, staging / INT8_ONNX_FILE)
-        expected, expected_truncated = OnnxEncoderRuntime(directory, threads=1).forward(_PROBE_TEXTS)
+        expected, expected_truncated = float32.forward(_PROBE_TEXTS)
         got, truncated = OnnxEncoderRuntime(staging, threads=1, precision="int8").forward(_PROBE_TEXTS)
         cosine = (got * expected).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected, axis=1)
         if truncated != expected_truncated or float(cosine.min()) < INT8_MIN_COSINE:
